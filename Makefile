@@ -1,0 +1,40 @@
+# zrl: `make run` sets everything up and runs the default experiment; `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zrl-installed
+EXPERIMENT ?= experiments/echo.py
+ARGS ?=
+
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup-env.sh
+	bash scripts/setup-env.sh $(VENV)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m zrl.controller $(EXPERIMENT) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check zrl tests benchmarks experiments
+
+bench: bench-streams bench-controller bench-paramdb bench-tree
+
+bench-streams: $(STAMP)
+	$(PY) benchmarks/streams.py
+
+bench-controller: $(STAMP)
+	$(PY) benchmarks/controller.py
+
+bench-paramdb: $(STAMP)
+	$(PY) benchmarks/paramdb.py
+
+bench-tree: $(STAMP)
+	$(PY) benchmarks/tree_sampling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+"""zrl: distributed reinforcement learning for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""The scheduler interface: how the controller starts, watches and stops worker processes.
+
+Implementations: `local` (one subprocess per worker) and `slurm` (one sbatch job per worker group). The controller
+builds a `WorkerLaunch` for every worker (the exact argv, the explicit environment, the log file and the resources)
+and never imports a worker implementation; a scheduler only runs those commands somewhere and reports their state.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int = 1
+    """CPU cores per worker."""
+    memory_mb: int = 1024
+    """Memory per worker in MiB."""
+    gpus: int = 0
+    """GPUs per worker."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str = ""
+    """Slurm partition (empty: the cluster's default)."""
+    time_limit: str = ""
+    """Job time limit as sbatch takes it, e.g. 04:00:00 (empty: the partition's default)."""
+    account: str = ""
+    """Slurm account to charge (empty: the user's default)."""
+    extra_sbatch_lines: tuple[str, ...] = ()
+    """Extra lines copied into every sbatch script, e.g. '#SBATCH --qos=high'."""
+    container_image: str = ""
+    """Container image for srun --container-image (pyxis); empty runs on the host."""
+    container_mounts: str = ""
+    """srun --container-mounts value, used with container_image."""
+    poll_interval_s: float = 2.0
+    """Seconds between squeue polls."""
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    group: str
+    """Worker group name from the experiment (e.g. `rollout`)."""
+    index: int
+    """Index of the worker within its group."""
+    argv: tuple[str, ...]
+    """The exact command that runs the worker."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment the worker needs (name service URL, experiment, trial, ...), passed explicitly."""
+    log_path: Path = Path("worker.log")
+    """File that receives the worker's stdout and stderr."""
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.group}/{self.index}"
+
+
+class JobState(enum.Enum):
+    """What the scheduler knows about a worker's process, independent of the worker's own status."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class WorkerJobStatus:
+    state: JobState
+    exit_code: int | None = None
+    detail: str = ""
+    """Free text from the scheduler, e.g. Slurm's Reason or 'killed by signal 9'."""
+
+
+class Scheduler(abc.ABC):
+    @abc.abstractmethod
+    def submit(self, launches: list[WorkerLaunch]) -> None:
+        """Start the given workers (one group, or one worker being relaunched). Returns once they are submitted."""
+
+    @abc.abstractmethod
+    def poll(self) -> dict[str, WorkerJobStatus]:
+        """The state of every submitted worker, keyed by `WorkerLaunch.worker_id`."""
+
+    @abc.abstractmethod
+    def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
+        """Stop the given workers (all when None): terminate, then kill whatever is left after `timeout`."""
+
+    def describe(self, launches: list[WorkerLaunch]) -> str:
+        """What `submit` would do, for `--dry-run`: commands or job scripts, without starting anything."""
+        return "\n".join(" ".join(launch.argv) for launch in launches)

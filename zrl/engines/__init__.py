@@ -1,0 +1,1 @@
+"""Generation backends behind one interface (`zrl.engines.base.Engine`): `hf` (transformers) and `vllm`."""
