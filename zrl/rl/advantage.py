@@ -1,0 +1,135 @@
+"""TreePO subgroup advantages, their broadcast to tokens with batch whitening, and DAPO dynamic sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from zrl.rl.tree.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """How trajectory rewards become per-token advantages."""
+
+    aggregate: str = "average"
+    """How the depth terms combine: "average" (the paper's best) or "size_weighted" (weights |G_k|)."""
+    require_subgroup_std: bool = False
+    """Also skip a depth-k>=1 term whose subgroup rewards are all equal."""
+    whiten: bool = True
+    """Whiten the token advantages over all response tokens of the batch."""
+    whiten_eps: float = 1e-8
+    """Added to the variance before the square root when whitening."""
+    dynamic_sampling: bool = False
+    """Drop prompts whose trajectories are all correct or all wrong (DAPO dynamic sampling)."""
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in ("average", "size_weighted"):
+            raise ValueError(f"AdvantageConfig.aggregate={self.aggregate!r} must be 'average' or 'size_weighted'")
+
+
+def subgroup_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float], aggregate: str = "average",
+                        require_subgroup_std: bool = False) -> list[float]:
+    """Advantages of one prompt's trajectories from their segment-id paths and rewards.
+
+    For trajectory i with n segments, the term at depth k in 0..n-1 is R_i minus the mean reward of the
+    trajectories sharing i's first k segment ids (k = 0: the whole prompt group). k = 0 always counts; k >= 1
+    counts only if that subgroup has more than one member (and, optionally, unequal rewards). The trajectory's
+    own full path (k = n) never counts.
+    """
+    if len(paths) != len(rewards):
+        raise ValueError(f"{len(paths)} segment paths but {len(rewards)} rewards")
+    if aggregate not in ("average", "size_weighted"):
+        raise ValueError(f"aggregate={aggregate!r} must be 'average' or 'size_weighted'")
+    members: dict[tuple[int, ...], list[float]] = {(): [float(r) for r in rewards]}
+    for path, reward in zip(paths, rewards, strict=True):
+        for k in range(1, len(path)):
+            members.setdefault(tuple(path[:k]), []).append(float(reward))
+    out = []
+    for path, reward in zip(paths, rewards, strict=True):
+        terms, sizes = [], []
+        for k in range(max(len(path), 1)):
+            group = members[tuple(path[:k])]
+            if k >= 1 and (len(group) <= 1 or (require_subgroup_std and float(np.std(group)) == 0.0)):
+                continue
+            terms.append(float(reward) - float(np.mean(group)))
+            sizes.append(len(group))
+        if aggregate == "average":
+            out.append(float(np.mean(terms)))
+        else:
+            out.append(float(np.dot(sizes, terms) / np.sum(sizes)))
+    return out
+
+
+def trajectory_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[float]:
+    """Subgroup advantages for a batch, grouped by prompt uid; every trajectory needs its reward filled in."""
+    by_uid: dict[str, list[int]] = {}
+    for i, t in enumerate(trajectories):
+        if t.reward is None:
+            raise ValueError(f"trajectory {i} of prompt {t.uid!r} has no reward; score it first")
+        by_uid.setdefault(t.uid, []).append(i)
+    out = [0.0] * len(trajectories)
+    for indices in by_uid.values():
+        advs = subgroup_advantages([trajectories[i].segment_ids for i in indices],
+                                   [trajectories[i].reward for i in indices], config.aggregate,
+                                   config.require_subgroup_std)
+        for i, a in zip(indices, advs, strict=True):
+            out[i] = a
+    return out
+
+
+def token_advantages(advantages: Sequence[float], lengths: Sequence[int], whiten: bool = True,
+                     eps: float = 1e-8) -> list[np.ndarray]:
+    """Broadcast each trajectory's advantage to its response tokens, then whiten over all tokens of the batch.
+
+    Whitening is token-weighted: (A - mean) / sqrt(var + eps) with mean and var over every response token.
+    """
+    if len(advantages) != len(lengths):
+        raise ValueError(f"{len(advantages)} advantages but {len(lengths)} lengths")
+    per_token = [np.full(int(n), float(a), dtype=np.float64) for a, n in zip(advantages, lengths, strict=True)]
+    if not whiten:
+        return per_token
+    flat = np.concatenate(per_token) if per_token else np.zeros(0)
+    if flat.size == 0:
+        return per_token
+    mean, var = flat.mean(), flat.var()
+    return [(x - mean) / np.sqrt(var + eps) for x in per_token]
+
+
+@dataclass(frozen=True)
+class DynamicSamplingResult:
+    """The trajectories kept by dynamic sampling and what was dropped."""
+
+    kept: list[Trajectory]
+    dropped_prompts: int
+    """Prompts dropped because their rewards were all equal."""
+    dropped_all_correct: int
+    dropped_all_wrong: int
+
+
+def dynamic_sampling(trajectories: Sequence[Trajectory], correct_threshold: float = 0.0) -> DynamicSamplingResult:
+    """Drop every prompt whose trajectories are all correct (reward > threshold) or all wrong."""
+    by_uid: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        if t.reward is None:
+            raise ValueError(f"a trajectory of prompt {t.uid!r} has no reward; score it first")
+        by_uid.setdefault(t.uid, []).append(t)
+    kept: list[Trajectory] = []
+    all_correct = all_wrong = 0
+    for group in by_uid.values():
+        n_correct = sum(1 for t in group if t.reward > correct_threshold)
+        if n_correct == len(group):
+            all_correct += 1
+        elif n_correct == 0:
+            all_wrong += 1
+        else:
+            kept.extend(group)
+    return DynamicSamplingResult(kept, all_correct + all_wrong, all_correct, all_wrong)
+
+
+def batch_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[np.ndarray]:
+    """Per-token advantages of a training batch (dynamic sampling, if wanted, is applied by the caller first)."""
+    advs = trajectory_advantages(trajectories, config)
+    return token_advantages(advs, [len(t.response_ids) for t in trajectories], config.whiten, config.whiten_eps)
