@@ -1,0 +1,117 @@
+"""Where things live on disk, name checks, and small pointer files replaced atomically.
+
+    {root}/{experiment}/{trial}/{model}/
+        v00000012/          one version (config, safetensors shards, tokenizer files, manifest.json)
+        latest              text: the newest version number
+        tags/{tag}          text: the tagged version number
+        .lock               flock held by writers (push rename, tag, gc)
+        .tmp-v00000013-...  a version being written; never read
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from zrl.paramdb.errors import InvalidNameError
+
+VERSION_DIR = re.compile(r"^v(\d{8})$")
+MAX_VERSION = 10**8 - 1
+LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return `name` when it is usable as one path component; otherwise raise InvalidNameError naming `kind`."""
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError(f"{kind} name must be a non-empty string, got {name!r}")
+    if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or name.strip() != name:
+        raise InvalidNameError(f"{kind} name {name!r} may not contain '/', '\\' or NUL, start with '.', "
+                               f"or have surrounding spaces")
+    return name
+
+
+def check_tag(tag: object) -> str:
+    tag = check_name("tag", tag)
+    if tag == LATEST or tag.isdigit():
+        raise InvalidNameError(f"tag {tag!r} is reserved: tags may not be {LATEST!r} or a bare number")
+    return tag
+
+
+def check_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"version must be an int in [0, {MAX_VERSION}], got {version!r}")
+    return version
+
+
+def version_dirname(version: int) -> str:
+    return f"v{version:08d}"
+
+
+def stored_versions(model_dir: Path) -> list[int]:
+    """Version numbers present under `model_dir`, ascending."""
+    try:
+        names = os.listdir(model_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(int(match.group(1)) for match in map(VERSION_DIR.match, names) if match)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unique_suffix() -> str:
+    """`host-pid-random`, so a temporary name never collides across processes or hosts sharing the disk."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def write_pointer(path: Path, version: int, durable: bool = True) -> None:
+    """Point `path` at `version`: write a sibling temporary file, then `os.replace` it over `path`."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{unique_suffix()}")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(f"{version}\n")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def read_pointer(path: Path) -> int | None:
+    """The version a pointer file names, or None when it does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return check_version(int(text.strip()))
+    except ValueError as err:
+        raise ValueError(f"pointer file {path} holds {text!r}, not a version number") from err
+
+
+@contextmanager
+def writer_lock(model_dir: Path) -> Iterator[None]:
+    """Serialize writers of one model (across processes on hosts that share a POSIX-locking filesystem)."""
+    fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
