@@ -60,5 +60,5 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def eos_token_id(self) -> int: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: engines without resources keep this default)
         """Release the engine's resources."""

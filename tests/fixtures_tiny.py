@@ -1,0 +1,32 @@
+"""Session-scoped tiny model, built once and cached under the repository's git-ignored `.cache/` directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from zrl.rl.synthetic import generate_problems
+from zrl.rl.tiny_model import build_tiny_model, load_tokenizer
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "zrl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return build_tiny_model(cache_dir=CACHE_DIR)
+
+
+def heldout_prompt_ids(model_dir: Path, count: int, seed: int) -> list[list[int]]:
+    """Token ids of `count` held-out synthetic prompts."""
+    tokenizer = load_tokenizer(model_dir)
+    return [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in generate_problems("heldout", count, seed)]
+
+
+def full_forward_logprobs(model, prefix: list[int], tokens: list[int]) -> list[float]:
+    """Logprob of each of `tokens` after `prefix`, from one full forward pass of a transformers model."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prefix + tokens])).logits[0].float()
+    table = torch.log_softmax(logits, dim=-1)
+    return [table[len(prefix) - 1 + i, token].item() for i, token in enumerate(tokens)]

@@ -1,0 +1,123 @@
+import pytest
+import torch
+from fixtures_tiny import full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
+
+from zrl.engines.base import GenerationRequest, SamplingParams
+from zrl.engines.factory import make_engine
+from zrl.engines.hf import HFEngine, read_state_dict
+from zrl.rl.synthetic import generate_examples
+from zrl.rl.tiny_model import load_tokenizer
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):  # noqa: F811
+    engine = make_engine("hf", tiny_model_dir, max_batch_size=8)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_dir):  # noqa: F811
+    return heldout_prompt_ids(tiny_model_dir, 6, seed=5)
+
+
+def _greedy_by_full_forward(model, prefix: list[int], steps: int, eos: int) -> list[int]:
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([prefix + tokens])).logits[0, -1].argmax())
+            tokens.append(token)
+            if token == eos:
+                break
+    return tokens
+
+
+def test_returns_only_new_tokens_matching_uncached_decoding(engine, prompts):
+    results = engine.generate([GenerationRequest(p, 10, GREEDY, f"r{i}") for i, p in enumerate(prompts[:3])])
+    assert [r.request_id for r in results] == ["r0", "r1", "r2"]
+    for prefix, result in zip(prompts, results, strict=False):
+        assert result.token_ids == _greedy_by_full_forward(engine.model, prefix, 10, engine.eos_token_id)
+        assert len(result.token_ids) == len(result.logprobs) <= 10
+
+
+def test_sampled_logprobs_match_a_full_forward_pass(engine, prompts):
+    requests = [GenerationRequest(p, 24, SamplingParams(temperature=1.0, seed=i)) for i, p in enumerate(prompts)]
+    for prefix, result in zip(prompts, engine.generate(requests), strict=True):
+        expected = full_forward_logprobs(engine.model, prefix, result.token_ids)
+        assert max(abs(a - b) for a, b in zip(expected, result.logprobs, strict=True)) < 1e-4
+
+
+def test_eos_stops_a_sequence_and_is_its_last_token(engine, tiny_model_dir):  # noqa: F811
+    tokenizer = load_tokenizer(tiny_model_dir)
+    # A complete worked solution: the warm-started model's next token is EOS (index 0 of the continuation).
+    finished = [
+        tokenizer(e.problem.prompt + e.solution, add_special_tokens=False)["input_ids"]
+        for e in generate_examples("heldout", 4, seed=2)
+    ]
+    results = engine.generate([GenerationRequest(ids, 6, GREEDY) for ids in finished])
+    assert any(r.eos for r in results)
+    for result in results:
+        assert (engine.eos_token_id in result.token_ids) == result.eos
+        if result.eos:
+            assert result.token_ids.index(engine.eos_token_id) == len(result.token_ids) - 1
+        else:
+            assert len(result.token_ids) == 6
+
+
+def test_batch_of_different_lengths_equals_one_by_one(engine, prompts):
+    prefixes = [prompts[0][:4], prompts[1], prompts[2][:9], prompts[3] + [5, 6]]
+    batch = engine.generate([GenerationRequest(p, 16, GREEDY) for p in prefixes])
+    alone = [engine.generate([GenerationRequest(p, 16, GREEDY)])[0] for p in prefixes]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    for a, b in zip(batch, alone, strict=True):
+        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0.0) < 1e-4
+
+
+def test_seeded_sampling_is_reproducible_and_zero_tokens_is_empty(engine, prompts):
+    request = GenerationRequest(prompts[0], 20, SamplingParams(temperature=1.0, seed=11))
+    assert engine.generate([request])[0].token_ids == engine.generate([request])[0].token_ids
+    empty = engine.generate([GenerationRequest(prompts[0], 0)])[0]
+    assert empty.token_ids == [] and empty.logprobs == [] and not empty.eos
+
+
+def test_load_weights_changes_outputs_and_version(tiny_model_dir, prompts):  # noqa: F811
+    engine = HFEngine(tiny_model_dir, version=3)
+    requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
+    before = engine.generate(requests)
+    assert {r.version for r in before} == {3}
+    original = read_state_dict(tiny_model_dir)
+    generator = torch.Generator().manual_seed(0)
+    perturbed = {k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in original.items()}
+    engine.load_weights(perturbed, version=4)
+    after = engine.generate(requests)
+    assert engine.version == 4 and {r.version for r in after} == {4}
+    assert [r.token_ids for r in after] != [r.token_ids for r in before]
+    engine.load_weights(tiny_model_dir, version=5)
+    again = engine.generate(requests)
+    assert [r.token_ids for r in again] == [r.token_ids for r in before]
+    assert {r.version for r in again} == {5}
+
+
+def test_bad_input_is_named_and_the_engine_keeps_working(engine, prompts):
+    bad_shape = dict(read_state_dict(engine.model_path))
+    name = next(iter(bad_shape))
+    bad_shape[name] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=f"{name} has shape"):
+        engine.load_weights(bad_shape, version=9)
+    with pytest.raises(ValueError, match="unknown tensors"):
+        engine.load_weights({"nonsense.weight": torch.zeros(1)}, version=9)
+    assert engine.version == 0
+    with pytest.raises(ValueError, match=r"request 1 \(id 'b'\): prefix_ids is empty"):
+        engine.generate([GenerationRequest(prompts[0], 4, request_id="a"), GenerationRequest([], 4, request_id="b")])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([GenerationRequest([10**6], 4)])
+    assert len(engine.generate([GenerationRequest(prompts[0], 4)])[0].token_ids) >= 1
+
+
+def test_factory_names_unknown_kinds_and_options(tiny_model_dir):  # noqa: F811
+    with pytest.raises(ValueError, match=r"unknown engine kind 'sglang'; known kinds: hf, vllm"):
+        make_engine("sglang", tiny_model_dir)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['batch'\] for engine 'hf'"):
+        make_engine("hf", tiny_model_dir, batch=3)

