@@ -12,33 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zrl.config import Resources, SlurmOptions
 
-@dataclass(frozen=True)
-class Resources:
-    cpus: int = 1
-    """CPU cores per worker."""
-    memory_mb: int = 1024
-    """Memory per worker in MiB."""
-    gpus: int = 0
-    """GPUs per worker."""
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    partition: str = ""
-    """Slurm partition (empty: the cluster's default)."""
-    time_limit: str = ""
-    """Job time limit as sbatch takes it, e.g. 04:00:00 (empty: the partition's default)."""
-    account: str = ""
-    """Slurm account to charge (empty: the user's default)."""
-    extra_sbatch_lines: tuple[str, ...] = ()
-    """Extra lines copied into every sbatch script, e.g. '#SBATCH --qos=high'."""
-    container_image: str = ""
-    """Container image for srun --container-image (pyxis); empty runs on the host."""
-    container_mounts: str = ""
-    """srun --container-mounts value, used with container_image."""
-    poll_interval_s: float = 2.0
-    """Seconds between squeue polls."""
+__all__ = ["JobState", "Resources", "Scheduler", "SlurmOptions", "WorkerJobStatus", "WorkerLaunch"]
 
 
 @dataclass(frozen=True)

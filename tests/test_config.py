@@ -1,0 +1,116 @@
+"""Experiment config: overrides by dotted path, whole-config validation, help text, plain round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from zrl.config import ExperimentConfig, WorkerGroupConfig, from_plain, to_plain
+from zrl.controller.help import config_help, field_docs
+from zrl.controller.overrides import ConfigError, apply_overrides
+from zrl.controller.validate import complete, group_levels, validate
+from zrl.workers.echo import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
+
+
+def echo_config(**changes) -> ExperimentConfig:
+    config = ExperimentConfig(
+        experiment="echo", trial="t1", done_when=("consumer",),
+        workers={
+            "server": WorkerGroupConfig(type="echo_server", config=EchoServerConfig()),
+            "consumer": WorkerGroupConfig(type="echo_consumer"),
+            "producer": WorkerGroupConfig(type="echo_producer", count=2, after=("server", "consumer"),
+                                          config=EchoProducerConfig()),
+        })
+    return complete(dataclasses.replace(config, **changes))
+
+
+def test_overrides_set_typed_values_at_every_depth():
+    config = apply_overrides(echo_config(), [
+        "workers.producer.count=4", "workers.producer.config.interval_s=0.5", "scheduler=slurm",
+        "workers.producer.restart=on_failure", "done_when=[consumer,producer]", "slurm.extra_sbatch_lines=",
+        "workers.server.resources.gpus=1", "timeouts.lost_after_s=2", "trial=abc"])
+    assert config.workers["producer"].count == 4
+    assert config.workers["producer"].config.interval_s == 0.5
+    assert isinstance(config.workers["producer"].config, EchoProducerConfig)
+    assert config.scheduler == "slurm" and config.workers["producer"].restart == "on_failure"
+    assert config.done_when == ("consumer", "producer") and config.slurm.extra_sbatch_lines == ()
+    assert config.workers["server"].resources.gpus == 1 and config.timeouts.lost_after_s == 2.0
+    assert config.trial == "abc"
+    assert echo_config().workers["producer"].count == 2  # the original is untouched (frozen)
+
+
+def test_a_group_without_config_gets_its_type_defaults():
+    assert echo_config().workers["consumer"].config == EchoConsumerConfig()
+
+
+def test_every_bad_override_is_reported_at_once_naming_its_key():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(echo_config(), [
+            "workers.nonexistent=3", "workers.producer.count=abc", "scheduler=kubernetes",
+            "workers.producer.config.nope=1", "timeouts", "workers.producer.resources=3",
+            "workers.producer.config.interval_s=fast"])
+    errors = info.value.errors
+    assert len(errors) == 7
+    assert errors[0].startswith("workers.nonexistent: unknown key; allowed: consumer, producer, server")
+    assert errors[1] == "workers.producer.count: expected an int, got 'abc'"
+    assert errors[2] == "scheduler: 'kubernetes' is not allowed; allowed values: local, slurm"
+    assert errors[3].startswith("workers.producer.config.nope: unknown key; allowed: inference_stream")
+    assert "key=value" in errors[4]
+    assert errors[5].startswith("workers.producer.resources: is a section; set one of its keys: cpus, memory_mb")
+    assert errors[6] == "workers.producer.config.interval_s: expected a float, got 'fast'"
+    assert "workers.nonexistent" in str(info.value)
+
+
+def test_validation_reports_every_problem_with_its_key():
+    config = echo_config(experiment="", done_when=("trainer",), workers={
+        "a": WorkerGroupConfig(type="no_such_type", count=0),
+        "b": WorkerGroupConfig(type="echo_server", config=EchoConsumerConfig(), after=("ghost",),
+                               max_restarts=-1, resources=dataclasses.replace(WorkerGroupConfig().resources, cpus=0)),
+    })
+    with pytest.raises(ConfigError) as info:
+        validate(config)
+    text = "\n".join(info.value.errors)
+    for expected in ("experiment: experiment must not be empty", "workers.a.type: unknown worker type 'no_such_type'",
+                     "workers.a.count: must be >= 1", "workers.b.config: is a EchoConsumerConfig, but type "
+                     "'echo_server' takes a EchoServerConfig", "workers.b.after[0]: 'ghost'",
+                     "workers.b.max_restarts: must be >= 0", "workers.b.resources.cpus: must be >= 1",
+                     "done_when[0]: 'trainer' is not a worker group"):
+        assert expected in text
+    assert len(info.value.errors) == 8
+
+
+def test_dependency_cycles_and_levels():
+    assert group_levels(echo_config()) == [["server", "consumer"], ["producer"]]
+    cyclic = echo_config(workers={"a": WorkerGroupConfig(type="echo_server", after=("b",)),
+                                  "b": WorkerGroupConfig(type="echo_server", after=("a",))})
+    with pytest.raises(ConfigError, match="cycle"):
+        validate(cyclic)
+
+
+def test_memory_name_service_is_rejected_for_worker_processes():
+    with pytest.raises(ConfigError, match="name_resolve"):
+        validate(echo_config(name_resolve="memory://x"))
+    validate(echo_config(name_resolve="redis://127.0.0.1:6379/0"))
+
+
+def test_trial_defaults_to_a_timestamp():
+    config = complete(dataclasses.replace(echo_config(), trial=""), clock=lambda: 0.0)
+    assert len(config.trial) == len("19700101-000000") and config.trial[8] == "-"
+
+
+def test_help_shows_every_field_docstring():
+    docs = field_docs(WorkerGroupConfig)
+    assert set(docs) == {f.name for f in dataclasses.fields(WorkerGroupConfig)}
+    text = config_help(echo_config())
+    assert "workers.producer.config.num_samples (int, default 200): Samples this producer posts" in text
+    assert "timeouts.lost_after_s (float, default 5.0)" in text
+    for cls in (ExperimentConfig, EchoProducerConfig, EchoConsumerConfig, EchoServerConfig):
+        assert set(field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}, cls
+
+
+def test_plain_round_trip_and_unknown_keys():
+    config = EchoProducerConfig(num_samples=7)
+    assert from_plain(EchoProducerConfig, to_plain(config)) == config
+    with pytest.raises(TypeError, match="where: unknown keys \\['bogus'\\]"):
+        from_plain(EchoProducerConfig, {"bogus": 1}, "where")

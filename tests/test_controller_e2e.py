@@ -1,0 +1,129 @@
+"""The demo experiment end to end through `python -m zrl.controller` with the local scheduler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = ROOT / "experiments" / "echo.py"
+
+
+class ControllerRun:
+    """A controller process running experiments/echo.py with its output in a file."""
+
+    def __init__(self, tmp_path: Path, *overrides: str):
+        self.trial = f"t{uuid.uuid4().hex[:8]}"
+        self.run_root = tmp_path / "runs"
+        self.run_dir = self.run_root / "echo" / self.trial
+        self.output_path = tmp_path / f"{self.trial}.out"
+        argv = [sys.executable, "-m", "zrl.controller", str(ECHO), f"trial={self.trial}",
+                f"run_root={self.run_root}", "progress_interval_s=0.5", *overrides]
+        with open(self.output_path, "w") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    @property
+    def output(self) -> str:
+        return self.output_path.read_text()
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"controller still running after {timeout} s; output:\n{self.output}") from None
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the controller output:\n{self.output}")
+            time.sleep(0.05)
+
+    def worker_pids(self) -> dict[str, int]:
+        """Pids of this trial's worker processes, found by their command lines."""
+        pids = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"zrl.workers" in args and self.trial.encode() in args:
+                group = args[args.index(b"--group") + 1].decode()
+                index = args[args.index(b"--index") + 1].decode()
+                pids[f"{group}/{index}"] = int(entry.name)
+        return pids
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie awaiting its reaper counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def check_counts(summary: dict, producers: int, per_producer: int) -> None:
+    workers = summary["workers"]
+    producer_stats = [workers[f"producer/{i}"]["last"]["stats"] for i in range(producers)]
+    consumer = workers["consumer/0"]["last"]["stats"]
+    server = workers["server/0"]["last"]["stats"]
+    sent = sum(stats["samples"]["sent"] for stats in producer_stats)
+    assert sent == consumer["samples"]["received"] == consumer["distinct"] == producers * per_producer
+    assert consumer["duplicates"] == 0 and consumer["wrong_answers"] == 0
+    assert sum(stats["samples"]["dropped"] for stats in producer_stats) == 0
+    assert consumer["samples"]["dropped"] == consumer["samples"]["garbage"] == 0
+    assert server["received"] == server["sent"] == producers * per_producer
+
+
+def test_demo_on_the_default_file_name_service(tmp_path: Path):
+    run = ControllerRun(tmp_path, "workers.producer.count=3", "workers.producer.config.num_samples=150",
+                        "workers.consumer.config.expected_samples=450")
+    assert run.wait() == 0, run.output
+    assert "all 5 workers RUNNING" in run.output and "done in" in run.output
+    assert "| samples " in run.output and "/s) | batches " in run.output  # progress lines
+    summary = run.summary()
+    check_counts(summary, 3, 150)
+    assert all(w["restarts"] == 0 for w in summary["workers"].values())
+    assert summary["workers"]["consumer/0"]["status"] == "COMPLETED"
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["workers"]["producer"]["count"] == 3 and config["trial"] == run.trial
+    for worker in ("server-0", "consumer-0", "producer-0", "producer-2"):
+        assert "registered control address" in (run.run_dir / "logs" / f"{worker}.log").read_text()
+    # The trial's names are cleared and no worker outlives the run.
+    assert [p for p in (run.run_dir / "names").rglob("*") if p.is_file()] == []
+    assert run.worker_pids() == {}
+
+
+@pytest.mark.redis
+def test_demo_on_a_real_redis(tmp_path: Path, redis_server):
+    import redis
+
+    run = ControllerRun(tmp_path, f"name_resolve={redis_server.url}")
+    assert run.wait() == 0, run.output
+    check_counts(run.summary(), 2, 200)
+    assert not (run.run_dir / "names").exists()
+    keys = list(redis.Redis.from_url(redis_server.url).scan_iter(match=f"*{run.trial}*"))
+    assert keys == []
+
+
+def test_bad_overrides_are_clear_errors_and_start_nothing(tmp_path: Path):
+    run = ControllerRun(tmp_path, "workers.nonexistent=3", "workers.producer.count=abc")
+    assert run.wait() == 2
+    assert "workers.nonexistent: unknown key; allowed: consumer, producer, server" in run.output
+    assert "workers.producer.count: expected an int, got 'abc'" in run.output
+    assert not run.run_dir.exists()
+    assert run.worker_pids() == {}

@@ -1,0 +1,114 @@
+"""Failure handling through the real controller: killed, erroring and hung workers, and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_controller_e2e import ControllerRun, alive
+
+# A run long enough to be hit mid-way: 2 producers x 10 batches, each batch followed by a 0.15 s pause.
+SLOW = ("workers.producer.config.num_samples=100", "workers.producer.config.batch_size=10",
+        "workers.producer.config.interval_s=0.15", "workers.consumer.config.expected_samples=200")
+
+
+def kill_producer_mid_run(run: ControllerRun) -> int:
+    run.wait_for_output("workers RUNNING")
+    time.sleep(0.4)
+    pid = run.worker_pids()["producer/0"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_sigkilled_worker_is_restarted_with_on_failure_and_the_run_completes(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.restart=on_failure", "workers.producer.max_restarts=1")
+    old_pid = kill_producer_mid_run(run)
+    assert run.wait() == 0, run.output
+    assert "worker producer/0 failed (its process ended (FAILED: killed by signal 9 (SIGKILL)))" in run.output
+    assert "restarting it (1/1)" in run.output
+    summary = run.summary()
+    assert summary["workers"]["producer/0"]["restarts"] == 1
+    assert summary["workers"]["producer/0"]["last"]["pid"] != old_pid
+    consumer = summary["workers"]["consumer/0"]["last"]["stats"]
+    # The relaunched producer starts again from 0: its repeats arrive as duplicates, and every sample arrives.
+    assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
+    assert consumer["samples"]["received"] == consumer["distinct"] + consumer["duplicates"]
+    assert run.worker_pids() == {}
+
+
+def test_sigkilled_worker_with_never_stops_the_run_within_15_s(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW)
+    kill_producer_mid_run(run)
+    killed_at = time.monotonic()
+    code = run.wait(timeout=30)
+    assert time.monotonic() - killed_at < 15
+    assert code == 1, run.output
+    assert "error: worker producer/0 failed: its process ended (FAILED: killed by signal 9 (SIGKILL))" in run.output
+    assert "last lines of" in run.output and "producer-0.log" in run.output and "started" in run.output
+    assert run.summary()["exit_code"] == 1
+    assert run.worker_pids() == {}
+
+
+def test_worker_error_stops_the_run_and_prints_its_traceback(tmp_path: Path):
+    run = ControllerRun(tmp_path, "workers.producer.config.fail_after=40")
+    assert run.wait(timeout=30) == 1, run.output
+    assert "worker error: RuntimeError: fail_after=40 reached after 40 samples (a drill)" in run.output
+    assert "Traceback (most recent call last)" in run.output and "in _poll" in run.output
+    assert run.summary()["workers"][run.output.split("error: worker ")[1].split()[0]]["status"] == "ERROR"
+
+
+@pytest.mark.parametrize(("timeouts", "reason"), [
+    (("timeouts.lost_after_s=2", "timeouts.keepalive_ttl_s=5"), "LOST: no answer for"),
+    (("timeouts.lost_after_s=60", "timeouts.keepalive_ttl_s=1"), "LOST: its control name expired"),
+], ids=["no-answer", "name-expired"])
+def test_a_hung_worker_is_lost_and_stops_the_run(tmp_path: Path, timeouts: tuple[str, str], reason: str):
+    run = ControllerRun(tmp_path, *SLOW, *timeouts, "timeouts.stop_s=2")
+    run.wait_for_output("workers RUNNING")
+    pid = run.worker_pids()["server/0"]
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        assert run.wait(timeout=30) == 1, run.output
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - stopped_at < 10
+    assert f"error: worker server/0 failed: {reason}" in run.output
+    assert run.summary()["workers"]["server/0"]["status"] == "LOST"
+    assert not alive(pid)
+
+
+def test_sigint_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
+    run = ControllerRun(tmp_path, "workers.producer.config.num_samples=1000000", "workers.producer.config.interval_s=0.05",
+                        "workers.consumer.config.expected_samples=2000000")
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    assert len(pids) == 4 and all(alive(pid) for pid in pids.values())
+    run.process.send_signal(signal.SIGINT)
+    assert run.wait(timeout=20) == 130, run.output
+    assert "interrupted: stopping every worker" in run.output
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+def test_sigterm_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW)
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=20) == 130, run.output
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+def test_workers_exit_when_the_controller_is_killed(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW)
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    run.process.kill()
+    run.process.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []

@@ -1,0 +1,187 @@
+"""Inference stream over real ZeroMQ sockets: round trips, batching, discovery, garbage, deadline failover."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from zrl import wire
+from zrl.nameresolve import make_name_resolver, names
+from zrl.streams import (
+    InferenceServer,
+    InferenceStreamConfig,
+    InlineInferenceClient,
+    IpInferenceClient,
+    NameResolvingInferenceClient,
+    NameResolvingInferenceServer,
+)
+
+
+def _serve(servers, until, handler=lambda payload: {"echo": payload}, timeout=5.0):
+    """Answer requests on `servers` until `until()` is true."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "serving loop timed out"
+        for server in servers:
+            for request in server.poll_requests(64, timeout=0.01):
+                server.respond(request, handler(request.payload))
+
+
+def _wait_serving(client, servers, ids, timeout=5.0):
+    got = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(ids):
+        assert time.monotonic() < deadline, f"only {len(got)} of {len(ids)} responses arrived"
+        for server in servers:
+            for request in server.poll_requests(64, timeout=0.005):
+                server.respond(request, {"echo": request.payload, "server": server.address})
+        got.update(dict(client.poll_responses(timeout=0.005)))
+    return got
+
+
+def test_ip_round_trip_with_generation_request():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        payload = {"prefix": np.arange(300, dtype=np.int64), "max_new_tokens": 16,
+                   "sampling": {"temperature": 1.0, "top_p": 0.9}}
+        request_id = client.post(payload)
+        [request] = server.poll_requests(8, timeout=2.0)
+        assert request.id == request_id and request.payload["max_new_tokens"] == 16
+        np.testing.assert_array_equal(request.payload["prefix"], payload["prefix"])
+        assert server.respond(request, {"tokens": np.arange(16), "version": 3})
+        response = client.wait([request_id], timeout=2.0)[request_id]
+        assert response["version"] == 3 and list(response["tokens"]) == list(range(16))
+        assert client.as_dict()["sent"] == 1 and client.as_dict()["received"] == 1
+        assert server.as_dict()["received"] == 1 and server.as_dict()["sent"] == 1
+
+
+def test_client_batches_posts_into_one_message_and_server_polls_a_batch():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        ids = [client.post(i, flush=False) for i in range(10)]
+        assert server.poll_requests(64, timeout=0.2) == []
+        client.flush()
+        batch = server.poll_requests(64, timeout=2.0)
+        assert [request.id for request in batch] == ids and [request.payload for request in batch] == list(range(10))
+        assert server.respond_many([(request, request.payload * 2) for request in batch]) == 10
+        assert client.wait(ids, timeout=2.0) == {request_id: 2 * i for i, request_id in enumerate(ids)}
+
+
+def test_poll_requests_respects_max_batch():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        ids = client.post_many(range(5))
+        first = server.poll_requests(3, timeout=2.0)
+        rest = server.poll_requests(3, timeout=2.0)
+        assert len(first) == 3 and [r.id for r in first + rest] == ids
+
+
+def test_call_and_wait_time_out_naming_the_missing_ids():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        with pytest.raises(TimeoutError, match=r"ids \[1\]"):
+            client.call("never answered", timeout=0.2)
+        assert len(server.poll_requests(8, timeout=1.0)) == 1
+
+
+def test_inline_client_calls_the_handler_once_per_flushed_batch():
+    batches = []
+
+    def handler(payloads):
+        batches.append(list(payloads))
+        return [payload + 1 for payload in payloads]
+
+    client = InlineInferenceClient(handler)
+    ids = client.post_many([1, 2, 3])
+    assert client.wait(ids, timeout=1.0) == dict(zip(ids, [2, 3, 4], strict=True))
+    assert client.call(10, timeout=1.0) == 11
+    assert batches == [[1, 2, 3], [10]]
+    with pytest.raises(ValueError, match="2 responses for 1 requests"):
+        InlineInferenceClient(lambda payloads: [1, 2]).call(0, timeout=1.0)
+
+
+@pytest.mark.parametrize("backend", ["memory", "file"])
+def test_name_resolving_client_discovers_all_servers_and_spreads_load(backend, tmp_path):
+    url = f"memory://{uuid.uuid4().hex}" if backend == "memory" else f"file://{tmp_path}/names"
+    resolver = make_name_resolver(url)
+    root = names.inference_stream("exp", "trial", "policy")
+    config = InferenceStreamConfig(resolve_interval_s=0.1, keepalive_ttl_s=2.0)
+    servers = [NameResolvingInferenceServer(resolver, root, config) for _ in range(3)]
+    client = NameResolvingInferenceClient(resolver, root, config)
+    try:
+        assert sorted(client.addresses) == sorted(server.address for server in servers)
+        ids = client.post_many(range(30))
+        got = _wait_serving(client, servers, ids)
+        assert sorted(got) == ids and all(got[i]["echo"] == n for n, i in enumerate(ids))
+        per_server = {server.address: server.as_dict()["received"] for server in servers}
+        assert all(count == 10 for count in per_server.values()), per_server
+        servers[0].close()
+        time.sleep(0.15)
+        client.poll_responses(timeout=0.01)
+        assert sorted(client.addresses) == sorted(server.address for server in servers[1:])
+    finally:
+        client.close()
+        for server in servers:
+            server.close()
+        resolver.close()
+
+
+def test_garbage_is_dropped_and_counted_and_server_keeps_serving(caplog):
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        attacker = zmq.Context.instance().socket(zmq.DEALER)
+        attacker.setsockopt(zmq.LINGER, 0)
+        attacker.connect(server.address)
+        garbage = [[b"\xc1"], [b"hello"], [msgpack.packb([1, ["request", [["id-not-int", 1]]]])],
+                   [msgpack.packb([1, ["response", []]])], wire.encode(np.arange(1000))[:1],
+                   [msgpack.packb([1, ["request", "x"]]), b"extra"]]
+        try:
+            with caplog.at_level(logging.WARNING, logger="zrl.streams"):
+                for frames in garbage:
+                    attacker.send_multipart(frames)
+                ids = client.post_many(["a", "b"])
+                got = _wait_serving(client, [server], ids)
+        finally:
+            attacker.close()
+        assert [got[i]["echo"] for i in ids] == ["a", "b"]
+        deadline = time.monotonic() + 2
+        while server.as_dict()["garbage"] < len(garbage) and time.monotonic() < deadline:
+            server.poll_requests(8, timeout=0.05)
+        counts = server.as_dict()
+        assert counts["garbage"] == len(garbage) and counts["received"] == 2
+        assert counts["garbage.undecodable"] == 4 and counts["garbage.not_a_request_batch"] == 2
+        assert len([r for r in caplog.records if "malformed" in r.getMessage()]) == 2
+
+
+def test_client_drops_garbage_and_unknown_ids_from_a_server():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        request_id = client.post("x")
+        [request] = server.poll_requests(1, timeout=2.0)
+        raw = server._socket  # a misbehaving server: send garbage on the real route
+        raw.send_multipart([request.client, b"\xc1"])
+        raw.send_multipart([request.client, *wire.encode(["response", [[999, "forged"]]])])
+        server.respond(request, "real")
+        assert client.wait([request_id], timeout=2.0) == {request_id: "real"}
+        deadline = time.monotonic() + 2
+        while client.as_dict()["garbage"] < 2 and time.monotonic() < deadline:
+            client.poll_responses(timeout=0.05)
+        assert client.as_dict()["garbage.undecodable"] == 1 and client.as_dict()["garbage.unknown_request_id"] == 1
+
+
+def test_missed_deadline_resends_with_same_ids_and_drops_late_duplicates():
+    config = InferenceStreamConfig(request_timeout_s=0.4, quarantine_s=30.0)
+    with InferenceServer(config) as slow, InferenceServer(config) as fast, \
+            IpInferenceClient([slow.address, fast.address], config) as client:
+        ids = client.post_many(range(6))
+        held = slow.poll_requests(64, timeout=2.0)
+        assert len(held) == 3, "the fewest-outstanding rule gives each server half"
+        got = _wait_serving(client, [fast], ids, timeout=5.0)
+        assert sorted(got) == ids and all(response["server"] == fast.address for response in got.values())
+        assert client.as_dict()["resent"] == 3
+        slow.respond_many([(request, {"late": True}) for request in held])
+        deadline = time.monotonic() + 2
+        while client.as_dict().get("dropped.duplicate", 0) < 3 and time.monotonic() < deadline:
+            assert client.poll_responses(timeout=0.05) == [], "late duplicates must not surface"
+        assert client.as_dict()["dropped.duplicate"] == 3 and client.as_dict()["received"] == 6
+        assert client.outstanding() == 0

@@ -1,0 +1,121 @@
+"""The demo experiment end to end through `python -m zrl.controller ... scheduler=slurm` on a real Slurm cluster."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_controller_e2e import ECHO, ControllerRun, alive, check_counts
+from test_slurm import slurm_cluster  # noqa: F401 - the session fixture, shared with test_slurm.py
+
+pytestmark = pytest.mark.slurm
+
+SLURM = ("scheduler=slurm", "slurm.poll_interval_s=0.2")
+
+
+def trial_jobs(trial: str, active_only: bool) -> list[str]:
+    """'name state' of this trial's Slurm jobs: every one squeue still shows, or only pending/running/completing."""
+    argv = ["squeue", "-h", "-o", "%j %T"] + ([] if active_only else ["-t", "all"])
+    listed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+    return [line for line in listed if line.startswith(f"zrl-echo-{trial}-")]
+
+
+def wait_no_active_jobs(trial: str, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := trial_jobs(trial, active_only=True)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_demo_through_slurm_on_a_file_name_service(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, f"name_resolve=file://{tmp_path / 'names'}")
+    assert run.wait() == 0, run.output
+    assert "all 4 workers RUNNING" in run.output and "done in" in run.output
+    check_counts(run.summary(), 2, 200)
+    jobs = trial_jobs(run.trial, active_only=False)
+    assert sorted(line.split()[0] for line in jobs) == [
+        f"zrl-echo-{run.trial}-{group}" for group in ("consumer", "producer", "server")]
+    assert f"zrl-echo-{run.trial}-consumer COMPLETED" in jobs
+    assert wait_no_active_jobs(run.trial) == []
+    for worker in ("server-0", "consumer-0", "producer-0", "producer-1"):
+        assert "registered control address" in (run.run_dir / "logs" / f"{worker}.log").read_text()
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("slurm_cluster")
+def test_demo_through_slurm_on_redis(tmp_path: Path, redis_server) -> None:
+    run = ControllerRun(tmp_path, *SLURM, f"name_resolve={redis_server.url}")
+    assert run.wait() == 0, run.output
+    check_counts(run.summary(), 2, 200)
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_worker_exiting_non_zero_fails_the_run_with_its_log_tail(tmp_path: Path) -> None:
+    # No local interface has this address, so every worker exits with code 1 when it binds its control socket.
+    run = ControllerRun(tmp_path, *SLURM, "worker_host=192.0.2.1")
+    assert run.wait() == 1, run.output
+    assert re.search(r"error: worker \w+/\d failed: its process ended \(FAILED: worker exited with code 1 "
+                     r"\(Slurm job \d+", run.output), run.output
+    assert "last lines of" in run.output and "Cannot assign requested address" in run.output
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
+                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000")
+    run.wait_for_output("workers RUNNING")
+    assert len(trial_jobs(run.trial, active_only=True)) == 3
+    pids = run.worker_pids()
+    assert len(pids) == 4
+    run.process.send_signal(signal.SIGINT)
+    assert run.wait(timeout=30) == 130, run.output
+    assert trial_jobs(run.trial, active_only=True) == []
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_submit_runs_the_controller_itself_as_a_slurm_job(tmp_path: Path) -> None:
+    trial = "submitted"
+    result = subprocess.run(
+        [sys.executable, "-m", "zrl.controller", str(ECHO), *SLURM, f"trial={trial}", f"run_root={tmp_path / 'runs'}",
+         "--submit"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    match = re.fullmatch(r"submitted controller job (\d+); log: (\S+)\n", result.stdout)
+    assert match, result.stdout
+    log_path = Path(match[2])
+    assert log_path == tmp_path / "runs" / "echo" / trial / f"controller-{match[1]}.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and subprocess.run(
+            ["squeue", "-h", "-j", match[1]], capture_output=True, text=True, timeout=30).stdout.strip():
+        time.sleep(0.3)
+    assert f"experiment echo/{trial} done in" in log_path.read_text()
+    state = subprocess.run(["squeue", "-h", "-t", "all", "-j", match[1], "-o", "%j %T"], capture_output=True,
+                           text=True, timeout=30).stdout.strip()
+    assert state == f"zrl-echo-{trial}-controller COMPLETED"
+    assert wait_no_active_jobs(trial) == []
+
+
+def test_memory_name_service_with_slurm_is_refused_with_a_hint(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, "scheduler=slurm", "name_resolve=memory://")
+    assert run.wait() == 2
+    assert "memory:// lives inside one process" in run.output
+    assert "file:///dir on a filesystem that all nodes share, or redis://host:port/db" in run.output
+    assert not run.run_dir.exists()
+
+
+def test_dry_run_prints_the_sbatch_scripts_and_submits_nothing(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, "scheduler=slurm", "slurm.partition=gpu", "slurm.time_limit=01:00:00", "--dry-run")
+    assert run.wait() == 0, run.output
+    for group in ("server", "consumer", "producer"):
+        assert f"#SBATCH --job-name=zrl-echo-{run.trial}-{group}" in run.output
+    assert "#SBATCH --ntasks=2" in run.output and "#SBATCH --partition=gpu" in run.output
+    assert "#SBATCH --time=01:00:00" in run.output
+    assert not (run.run_dir / "slurm").exists()

@@ -1,0 +1,143 @@
+"""Experiment configuration: the frozen dataclasses an experiment file builds and `key=value` overrides change.
+
+Every default lives here, once. Each field carries a one-line docstring that `python -m zrl.controller --help`
+shows. Worker types define their own frozen config dataclasses; a group's `config` holds an instance of its type's
+class (see `zrl.workers.registry`). This module sits below the workers and the controller, so both may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+NAME_RESOLVE_ENV = "ZRL_NAME_RESOLVE"
+"""Environment variable that carries the name service URL to a worker (kept out of argv: it may hold a password)."""
+
+RestartPolicy = Literal["never", "on_failure"]
+SchedulerName = Literal["local", "slurm"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int = 1
+    """CPU cores per worker."""
+    memory_mb: int = 1024
+    """Memory per worker in MiB."""
+    gpus: int = 0
+    """GPUs per worker."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str = ""
+    """Slurm partition (empty: the cluster's default)."""
+    time_limit: str = ""
+    """Job time limit as sbatch takes it, e.g. 04:00:00 (empty: the partition's default)."""
+    account: str = ""
+    """Slurm account to charge (empty: the user's default)."""
+    extra_sbatch_lines: tuple[str, ...] = ()
+    """Extra lines copied into every sbatch script, e.g. '#SBATCH --qos=high'."""
+    container_image: str = ""
+    """Container image for srun --container-image (pyxis); empty runs on the host."""
+    container_mounts: str = ""
+    """srun --container-mounts value, used with container_image."""
+    poll_interval_s: float = 2.0
+    """Seconds between squeue polls."""
+
+
+@dataclass(frozen=True)
+class WorkerGroupConfig:
+    type: str = ""
+    """Worker type: a name from zrl.workers.registry or a dotted path 'package.module:Class'."""
+    count: int = 1
+    """Number of workers in the group."""
+    resources: Resources = field(default_factory=Resources)
+    """Resources of each worker of the group."""
+    restart: RestartPolicy = "never"
+    """What a failed worker gets: 'never' stops the experiment, 'on_failure' relaunches and reconfigures it."""
+    max_restarts: int = 3
+    """Restarts allowed per worker with restart=on_failure; one more failure stops the experiment."""
+    after: tuple[str, ...] = ()
+    """Groups configured and started before this one (for example the servers a client connects to)."""
+    config: Any = None
+    """The worker type's own config dataclass (None: that class's defaults)."""
+
+
+@dataclass(frozen=True)
+class ControllerTimeouts:
+    register_s: float = 60.0
+    """Seconds to wait for a launched worker to register its control address."""
+    request_s: float = 10.0
+    """Seconds to wait for a worker's reply to a control request (configure may take this long)."""
+    status_interval_s: float = 0.5
+    """Seconds between status polls of every worker."""
+    lost_after_s: float = 5.0
+    """A worker that has not answered a status request for this long is LOST."""
+    stop_s: float = 10.0
+    """Seconds a worker gets to exit after 'exit' before it is killed."""
+    keepalive_ttl_s: float = 5.0
+    """Keepalive TTL of each worker's control-address name; its expiry marks the worker LOST."""
+    max_run_s: float = 0.0
+    """Stop the experiment with an error after this many seconds (0: no limit)."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    experiment: str = ""
+    """Experiment name: the first part of every name-service key and of the run directory."""
+    trial: str = ""
+    """Trial name (empty: a timestamp such as 20250101-120000)."""
+    name_resolve: str = ""
+    """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory)."""
+    scheduler: SchedulerName = "local"
+    """How workers are launched: 'local' (subprocesses) or 'slurm' (sbatch jobs)."""
+    run_root: str = "runs"
+    """Directory that holds runs/{experiment}/{trial}/ (resolved config, worker logs, summary)."""
+    worker_host: str = "127.0.0.1"
+    """Address workers bind their sockets to and advertise; 'auto' takes each node's own address (clusters)."""
+    done_when: tuple[str, ...] = ()
+    """Groups whose workers all reaching COMPLETED ends the run; the other groups are then stopped."""
+    progress_interval_s: float = 2.0
+    """Seconds between progress lines on the terminal (0: none)."""
+    timeouts: ControllerTimeouts = field(default_factory=ControllerTimeouts)
+    """Controller waits and failure-detection bounds."""
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    """Options of the slurm scheduler."""
+    workers: dict[str, WorkerGroupConfig] = field(default_factory=dict)
+    """Worker groups by name."""
+
+
+def to_plain(config: Any) -> Any:
+    """A config dataclass tree as plain dicts, lists and scalars (msgpack- and JSON-able)."""
+    if is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_plain(getattr(config, f.name)) for f in fields(config)}
+    if isinstance(config, dict):
+        return {str(key): to_plain(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_plain(value) for value in config]
+    return config
+
+
+def from_plain(cls: type, data: Any, where: str = "config") -> Any:
+    """Rebuild a config dataclass of type `cls` from `to_plain` output; unknown keys are an error naming them."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TypeError(f"{where}: unknown keys {unknown} for {cls.__name__}; allowed: {', '.join(sorted(known))}")
+    return cls(**{name: _from_plain_value(hints[name], value, f"{where}.{name}") for name, value in data.items()})
+
+
+def _from_plain_value(tp: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(tp, type) and is_dataclass(tp):
+        return from_plain(tp, value, where)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        item = args[0] if args else Any
+        return tuple(_from_plain_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict and isinstance(value, dict):
+        item = args[1] if len(args) == 2 else Any
+        return {k: _from_plain_value(item, v, f"{where}.{k}") for k, v in value.items()}
+    return value

@@ -1,0 +1,135 @@
+"""Run an experiment: launch its workers, drive them to the end, exit 0 only on success.
+
+    python -m zrl.controller experiments/echo.py
+    python -m zrl.controller experiments/echo.py workers.producer.count=4 name_resolve=redis://127.0.0.1:6379/0
+    python -m zrl.controller experiments/echo.py --dry-run
+    python -m zrl.controller experiments/echo.py scheduler=slurm --submit   # the controller itself in a Slurm job
+    python -m zrl.controller experiments/echo.py --help      # every key of that experiment, documented
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from types import FrameType
+
+from zrl.config import ExperimentConfig, to_plain
+from zrl.controller.experiment_file import load_experiment
+from zrl.controller.help import config_help
+from zrl.controller.overrides import ConfigError, apply_overrides
+from zrl.controller.plan import RunPaths, launch_plan, name_resolve_url
+from zrl.controller.validate import complete, group_levels, validate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m zrl.controller", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__)
+    parser.add_argument("experiment_file", nargs="?", help="experiment file (Python that builds an ExperimentConfig)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override a config key by its dotted path, e.g. workers.producer.count=4")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config and the launch plan, start nothing, and exit")
+    parser.add_argument("--submit", action="store_true",
+                        help="run this controller inside a Slurm job (sbatch with the slurm.* options): print its "
+                             "job id and log file, and exit")
+    parser.add_argument("-h", "--help", action="store_true",
+                        help="show this help and every config key (of EXPERIMENT_FILE when given)")
+    return parser
+
+
+def resolve_config(experiment_file: str, overrides: list[str]) -> ExperimentConfig:
+    """Load, complete, override and validate: the config a run uses. Raises ConfigError listing every problem."""
+    config = complete(load_experiment(experiment_file))
+    config = complete(apply_overrides(config, overrides))
+    validate(config)
+    return config
+
+
+def dry_run_text(config: ExperimentConfig) -> str:
+    from zrl.controller.schedulers import make_scheduler
+
+    paths = RunPaths.for_config(config)
+    scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
+    order = " -> ".join("+".join(level) for level in group_levels(config))
+    return (f"resolved config:\n{json.dumps(to_plain(config), indent=2)}\n\n"
+            f"run directory: {paths.root}\nname service: {name_resolve_url(config, paths).split('@')[-1]}\n"
+            f"configure/start order: {order}\nlaunch plan ({config.scheduler} scheduler):\n"
+            f"{scheduler.describe(launch_plan(config, paths))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.help or not args.experiment_file:
+        parser.print_help()
+        config = None
+        if args.experiment_file:
+            try:
+                config = complete(load_experiment(args.experiment_file))
+            except Exception as exc:  # noqa: BLE001 - help still shows the generic keys
+                print(f"\n(cannot load {args.experiment_file}: {exc})")
+        print("\n" + config_help(config))
+        return 0 if args.help else 2
+    try:
+        config = resolve_config(args.experiment_file, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ImportError, AttributeError, TypeError, ValueError) as exc:
+        print(f"error: cannot load experiment {args.experiment_file}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dry_run_text(config))
+        return 0
+    if args.submit:
+        return submit_controller_job(args.experiment_file, args.overrides, config)
+    return run(config)
+
+
+def submit_controller_job(experiment_file: str, overrides: list[str], config: ExperimentConfig) -> int:
+    """Submit this command line (without --submit, with the resolved trial) as a Slurm job."""
+    from pathlib import Path
+
+    from zrl.controller.slurm import SlurmError, submit_controller
+
+    argv = [sys.executable, "-m", "zrl.controller", str(Path(experiment_file).resolve()), *overrides,
+            f"trial={config.trial}"]
+    try:
+        job_id, log_path = submit_controller(argv, config.slurm, RunPaths.for_config(config).root)
+    except SlurmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"submitted controller job {job_id}; log: {log_path}")
+    return 0
+
+
+def run(config: ExperimentConfig) -> int:
+    import logging
+
+    from zrl.controller.runner import Controller
+    from zrl.controller.schedulers import make_scheduler
+    from zrl.nameresolve import make_name_resolver
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = RunPaths.for_config(config)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(json.dumps(to_plain(config), indent=2))
+    resolver = make_name_resolver(name_resolve_url(config, paths))
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    print(f"running {config.experiment}/{config.trial} in {paths.root}", flush=True)
+    try:
+        scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
+        return Controller(config, scheduler, resolver).run()
+    finally:
+        resolver.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The controller's run: launch, register, configure and start in dependency order, watch, restart, stop.
+
+Failure detection: every `timeouts.status_interval_s` the controller polls the scheduler (a worker process that
+exited), asks every worker for its status (ERROR carries the worker's traceback) and checks its control name (an
+expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST). A failed worker of a group with
+`restart=on_failure` is relaunched and reconfigured up to `max_restarts` times; otherwise the run stops, prints
+the worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and
+the trial's names are cleared before `run` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from zrl.config import ExperimentConfig, to_plain
+from zrl.controller.plan import RunPaths, worker_launch
+from zrl.controller.progress import Progress
+from zrl.controller.scheduler import Scheduler
+from zrl.controller.validate import group_levels
+from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
+from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
+
+LOG_TAIL_LINES = 30
+STATUS_TIMEOUT_S = 1.0
+
+
+class WorkerFailure(Exception):
+    """A worker failed beyond what its group's restart policy allows."""
+
+    def __init__(self, worker_id: str, reason: str, error: ErrorInfo | None = None):
+        self.worker_id = worker_id
+        self.reason = reason
+        self.error = error
+        super().__init__(f"worker {worker_id} failed: {reason}")
+
+
+@dataclasses.dataclass
+class WorkerState:
+    """What the controller knows about one worker."""
+
+    group: str
+    index: int
+    status: str = "LAUNCHED"
+    last_reply: dict[str, Any] = dataclasses.field(default_factory=dict)
+    last_answer: float = 0.0
+    restarts: int = 0
+    exiting: bool = False
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Controller:
+    """Runs one experiment trial to its end; `run()` returns the exit code (0 only on success)."""
+
+    def __init__(self, config: ExperimentConfig, scheduler: Scheduler, resolver: NameResolver,
+                 out: TextIO = sys.stdout):
+        self.config = config
+        self.paths = RunPaths.for_config(config)
+        self.scheduler = scheduler
+        self.resolver = resolver
+        self.out = out
+        self.client = ControlClient(config.trial, sender="controller")
+        self.workers: dict[str, WorkerState] = {
+            names.worker_id(group, i): WorkerState(group, i)
+            for group, spec in config.workers.items() for i in range(spec.count)}
+        self.progress = Progress(config.progress_interval_s, out)
+        self.started_at = time.monotonic()
+        self.timeline: dict[str, float] = {}
+
+    # ---- the run ----
+
+    def run(self) -> int:
+        code = 1
+        try:
+            self.start()
+            self.watch()
+            self._say(f"experiment {self.config.experiment}/{self.config.trial} done in "
+                      f"{time.monotonic() - self.started_at:.1f} s")
+            code = 0
+        except WorkerFailure as failure:
+            self._report_failure(failure)
+        except KeyboardInterrupt:
+            self._say("interrupted: stopping every worker")
+            code = 130
+        except (TimeoutError, RuntimeError) as exc:
+            self._say(f"error: {exc}")
+        except Exception:  # noqa: BLE001 - whatever broke, the workers are still stopped below
+            self._say(f"error: the controller failed:\n{traceback.format_exc().rstrip()}")
+        finally:
+            with _signals_deferred():
+                self.stop(code)
+        return code
+
+    def start(self) -> None:
+        """Launch every worker, wait for them to register, then configure and start them in dependency order."""
+        # Names left by an earlier run of the same trial would point at dead workers.
+        self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
+        launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
+        self.scheduler.submit(launches)
+        self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
+        self._wait_registered(list(self.workers))
+        self.timeline["registered"] = time.monotonic() - self.started_at
+        for level in group_levels(self.config):
+            ids = [w for w, s in self.workers.items() if s.group in level]
+            self._configure_and_start(ids)
+        self.timeline["running"] = time.monotonic() - self.started_at
+        self._say(f"all {len(self.workers)} workers RUNNING after {self.timeline['running']:.1f} s")
+
+    def _wait_registered(self, worker_ids: list[str]) -> None:
+        deadline = time.monotonic() + self.config.timeouts.register_s
+        waiting = set(worker_ids)
+        while waiting:
+            for worker_id in sorted(waiting):
+                try:
+                    address = self.resolver.get(self._control_name(worker_id))
+                except NameEntryNotFoundError:
+                    continue
+                self.client.connect(worker_id, address)
+                self.workers[worker_id].last_answer = time.monotonic()
+                waiting.discard(worker_id)
+            if not waiting:
+                return
+            self._check_processes(restart=False)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers {sorted(waiting)} did not register within "
+                                   f"{self.config.timeouts.register_s:g} s (timeouts.register_s); see their logs in "
+                                   f"{self.paths.root / 'logs'}")
+            time.sleep(0.02)
+
+    def _configure_and_start(self, worker_ids: list[str]) -> None:
+        timeout = self.config.timeouts.request_s
+        for command in ("configure", "start"):
+            by_group: dict[str, list[str]] = {}
+            for worker_id in worker_ids:
+                by_group.setdefault(self.workers[worker_id].group, []).append(worker_id)
+            for group, ids in by_group.items():
+                payload = {"config": to_plain(self.config.workers[group].config)} if command == "configure" else {}
+                replies = self.client.request(ids, command, payload, timeout=timeout)
+                for worker_id, reply in replies.items():
+                    if not reply.ok:
+                        raise WorkerFailure(worker_id, f"{command} failed", reply.error)
+                    self._record(reply)
+
+    # ---- watching ----
+
+    def watch(self) -> None:
+        """Watch the workers until the experiment is done; raises WorkerFailure, TimeoutError or KeyboardInterrupt."""
+        interval = self.config.timeouts.status_interval_s
+        max_run = self.config.timeouts.max_run_s
+        while True:
+            self._check_processes(restart=True)
+            self._check_statuses()
+            self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
+            if self._done():
+                return
+            if max_run and time.monotonic() - self.started_at > max_run:
+                raise TimeoutError(f"the experiment ran longer than timeouts.max_run_s={max_run:g} s")
+            time.sleep(interval)
+
+    def _done(self) -> bool:
+        groups = self.config.done_when or tuple(self.config.workers)
+        return all(s.status == "COMPLETED" for s in self.workers.values() if s.group in groups)
+
+    def _check_processes(self, restart: bool) -> None:
+        for worker_id, job in self.scheduler.poll().items():
+            state = self.workers.get(worker_id)
+            if state is None or state.exiting or not job.state.finished:
+                continue
+            if job.exit_code == 0 and state.status == "COMPLETED":
+                state.exiting = True  # finished its work and left on its own
+                continue
+            reason = f"its process ended ({job.state.value}: {job.detail or f'exit code {job.exit_code}'})"
+            self._failed(worker_id, reason, None, restart)
+
+    def _check_statuses(self) -> None:
+        active = [w for w, s in self.workers.items() if not s.exiting]
+        if not active:
+            return
+        timeouts = self.config.timeouts
+        # A worker answers status from its control thread at once, so a short wait keeps every check prompt.
+        replies = self.client.request(active, "status", timeout=min(STATUS_TIMEOUT_S, timeouts.lost_after_s / 2))
+        now = time.monotonic()
+        for worker_id, reply in replies.items():
+            state = self.workers[worker_id]
+            if reply.ok:
+                self._record(reply)
+                if reply.result.get("status") == "ERROR":
+                    self._failed(worker_id, "it reported ERROR",
+                                 ErrorInfo.from_dict(reply.result.get("error") or {}), True)
+                    continue
+            elif now - state.last_answer > timeouts.lost_after_s:
+                self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
+                continue
+            if not self._name_alive(worker_id):
+                self._failed(worker_id, "LOST: its control name expired from the name service", None, True)
+
+    def _name_alive(self, worker_id: str) -> bool:
+        try:
+            return self.resolver.get(self._control_name(worker_id)) == self.client.address(worker_id)
+        except NameEntryNotFoundError:
+            return False
+        except NameResolveError:
+            return True  # the name service itself is struggling; status replies decide
+
+    def _record(self, reply: ControlReply) -> None:
+        state = self.workers[reply.worker_id]
+        state.last_reply = reply.result
+        state.status = str(reply.result.get("status", state.status))
+        state.last_answer = time.monotonic()
+
+    def _failed(self, worker_id: str, reason: str, error: ErrorInfo | None, restart: bool) -> None:
+        state = self.workers[worker_id]
+        spec = self.config.workers[state.group]
+        if not restart or spec.restart != "on_failure" or state.restarts >= spec.max_restarts:
+            state.status = "LOST" if reason.startswith("LOST") else "ERROR"
+            state.exiting = not reason.startswith("it reported")  # a worker in ERROR still answers; others won't
+            raise WorkerFailure(worker_id, reason, error)
+        state.restarts += 1
+        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts})")
+        if error is not None:
+            self._say(f"  {error}")
+        self._relaunch(worker_id, hung=reason.startswith("LOST"))
+
+    def _relaunch(self, worker_id: str, hung: bool) -> None:
+        state = self.workers[worker_id]
+        # A hung process acts on no signal but SIGKILL, so it gets no grace period.
+        self.scheduler.stop([worker_id], timeout=0 if hung else self.config.timeouts.stop_s)
+        self.client.disconnect(worker_id)
+        try:
+            self.resolver.delete(self._control_name(worker_id))
+        except NameEntryNotFoundError:
+            pass
+        state.status, state.last_reply = "LAUNCHED", {}
+        self.scheduler.submit([worker_launch(self.config, self.paths, state.group, state.index)])
+        self._wait_registered([worker_id])
+        self._configure_and_start([worker_id])
+
+    # ---- the end ----
+
+    def stop(self, code: int) -> None:
+        """Stop every worker (exit, then signals), clear the trial's names and write the summary."""
+        connected = [w for w in self.client.workers if not self.workers[w].exiting]
+        if connected:
+            for reply in self.client.request(connected, "status", timeout=1.0).values():
+                if reply.ok:
+                    self._record(reply)
+        lost = [w for w, s in self.workers.items() if s.status == "LOST"]
+        if lost:
+            self.scheduler.stop(lost, timeout=0)  # a hung process would not act on exit or SIGTERM anyway
+        for state in self.workers.values():
+            state.exiting = True
+        stop_started = time.monotonic()
+        if connected:
+            self.client.request(connected, "exit", timeout=1.0)
+            self._wait_exited(self.config.timeouts.stop_s / 2)
+        self.scheduler.stop(None, timeout=self.config.timeouts.stop_s)
+        self.timeline["stopped"] = time.monotonic() - stop_started
+        self.client.close()
+        try:
+            self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
+        except NameResolveError as exc:
+            self._say(f"warning: could not clear the trial's names: {exc}")
+        self._write_summary(code)
+
+    def _wait_exited(self, timeout: float) -> None:
+        """Give workers that were told to exit a moment to leave on their own before they are signalled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(job.state.finished for job in self.scheduler.poll().values()):
+                return
+            time.sleep(0.02)
+
+    def _write_summary(self, code: int) -> None:
+        summary = {
+            "experiment": self.config.experiment, "trial": self.config.trial, "exit_code": code,
+            "elapsed_s": time.monotonic() - self.started_at, "timeline_s": self.timeline,
+            "workers": {w: {"status": s.status, "restarts": s.restarts, "last": s.last_reply}
+                        for w, s in self.workers.items()},
+        }
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
+
+    def _report_failure(self, failure: WorkerFailure) -> None:
+        state = self.workers[failure.worker_id]
+        log = self.paths.log(state.group, state.index)
+        self._say(f"error: worker {failure.worker_id} failed: {failure.reason}")
+        if failure.error is not None:
+            self._say(f"worker error: {failure.error}")
+            if failure.error.traceback:
+                self._say(failure.error.traceback.rstrip())
+        self._say(f"last lines of {log}:\n{log_tail(log)}")
+        self._say("stopping the experiment")
+
+    # ---- helpers ----
+
+    def _control_name(self, worker_id: str) -> str:
+        return names.worker_control(self.config.experiment, self.config.trial, worker_id)
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+class _signals_deferred:
+    """Hold SIGINT/SIGTERM while the controller stops its workers, so a second Ctrl-C cannot leave orphans."""
+
+    def __enter__(self) -> None:
+        self._saved: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)

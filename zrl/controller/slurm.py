@@ -1,0 +1,388 @@
+"""The `slurm` scheduler: one sbatch job per worker group, one `srun` step per worker (see `sbatch.py`).
+
+State comes from `squeue -t all` (job state and reason), from the per-worker exit files the job script writes,
+and, for a job that ended without them, from `scontrol show job` (ExitCode). `sacct` is not used, so clusters
+without accounting work too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zrl.controller.sbatch import (
+    exit_file,
+    job_name,
+    render_controller_script,
+    render_script,
+    step_name,
+    stop_file,
+    validate_launches,
+    validate_options,
+)
+from zrl.controller.scheduler import (
+    JobState,
+    Resources,
+    Scheduler,
+    SlurmOptions,
+    WorkerJobStatus,
+    WorkerLaunch,
+)
+
+log = logging.getLogger(__name__)
+
+_COMMAND_TIMEOUT_S = 60.0
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s']*@")
+# How long a submitted job may be missing from squeue before it counts as vanished.
+_LIST_GRACE_S = 60.0
+_GONE_ERRORS = ("Invalid job id", "already completing or completed")
+
+_STATE_MAP = {
+    **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
+                     "POWER_UP_NODE"), JobState.PENDING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"),
+                    JobState.RUNNING),
+    "COMPLETED": JobState.COMPLETED,
+    **dict.fromkeys(("FAILED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"), JobState.FAILED),
+    **dict.fromkeys(("CANCELLED", "PREEMPTED"), JobState.CANCELLED),
+    "TIMEOUT": JobState.TIMEOUT,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+}
+# Slurm states in which processes of the job may still be alive.
+_LIVE_SLURM_STATES = {"COMPLETING", "SIGNALING", "STAGE_OUT"}
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command is missing, failed or did not answer."""
+
+
+def map_slurm_state(state: str) -> JobState:
+    """The JobState for a Slurm job state as squeue prints it (`CANCELLED by 0` counts as CANCELLED)."""
+    return _STATE_MAP.get(state.split()[0].rstrip("+") if state.strip() else "", JobState.UNKNOWN)
+
+
+@dataclass
+class _Job:
+    job_id: str
+    name: str
+    launches: dict[str, WorkerLaunch]
+    slurm_state: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    exit_code_checked: bool = False
+    seen: bool = False
+    vanished: bool = False
+    """squeue no longer lists the job (purged after MinJobAge, or never listed within _LIST_GRACE_S)."""
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def state(self) -> JobState:
+        if self.vanished:
+            return JobState.FAILED
+        return map_slurm_state(self.slurm_state) if self.seen else JobState.UNKNOWN
+
+    @property
+    def alive(self) -> bool:
+        return not self.state.finished or self.slurm_state in _LIVE_SLURM_STATES
+
+
+@dataclass
+class _Worker:
+    launch: WorkerLaunch
+    job: _Job
+    stopped: bool = False
+
+
+class SlurmScheduler(Scheduler):
+    """Runs worker groups as Slurm jobs; job scripts, job output and exit records live in `{run_dir}/slurm/`."""
+
+    def __init__(self, options: SlurmOptions, run_dir: Path, *, cwd: Path | None = None):
+        validate_options(options)
+        self.options = options
+        self.cwd = (cwd or Path.cwd()).resolve()
+        self.run_dir = (self.cwd / run_dir).resolve()
+        self.state_dir = self.run_dir / "slurm"
+        self._jobs: dict[str, _Job] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._last_query = -float("inf")
+
+    # --- submitting ---------------------------------------------------------------------------------------------
+
+    def _name_for(self, launches: list[WorkerLaunch]) -> str:
+        relaunch = len(launches) == 1 and launches[0].worker_id in self._workers
+        return job_name(self.run_dir, launches[0].group, launches[0].index if relaunch else None)
+
+    @staticmethod
+    def _by_group(launches: list[WorkerLaunch]) -> list[list[WorkerLaunch]]:
+        if not launches:
+            validate_launches(launches)
+        groups: dict[str, list[WorkerLaunch]] = {}
+        for launch in launches:
+            groups.setdefault(launch.group, []).append(launch)
+        return list(groups.values())
+
+    def _render(self, members: list[WorkerLaunch]) -> tuple[str, str]:
+        name = self._name_for(members)
+        return name, render_script(members, self.options, name=name, state_dir=self.state_dir, cwd=self.cwd)
+
+    def describe(self, launches: list[WorkerLaunch]) -> str:
+        """The sbatch script of every group among `launches` (one job each), as `submit` would write them."""
+        texts = []
+        for members in self._by_group(launches):
+            name, script = self._render(members)
+            texts.append(f"# sbatch --parsable {self.state_dir / name}.sbatch\n{script}")
+        return _URL_CREDENTIALS.sub(r"\1***@", "\n".join(texts))
+
+    def submit(self, launches: list[WorkerLaunch]) -> None:
+        """Submit one job per worker group among `launches`; a single known worker becomes its own relaunch job."""
+        for launch in launches:
+            current = self._workers.get(launch.worker_id)
+            if current is not None and not current.stopped and not self._worker_finished(current):
+                raise ValueError(f"worker {launch.worker_id} is still running in Slurm job {current.job.job_id}; "
+                                 "stop it before relaunching it")
+        # Render every script first, so bad input submits nothing.
+        rendered = [(members, *self._render(members)) for members in self._by_group(list(launches))]
+        (self.state_dir / "exit").mkdir(parents=True, exist_ok=True)
+        for launch in launches:
+            (self.cwd / launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+        for members, name, script in rendered:
+            script_path = self.state_dir / f"{name}.sbatch"
+            _write_private(script_path, script)
+            job_id = _sbatch(script_path)
+            job = _Job(job_id, name, {launch.worker_id: launch for launch in members})
+            self._jobs[job_id] = job
+            for launch in members:
+                self._workers[launch.worker_id] = _Worker(launch, job)
+            log.info("submitted Slurm job %s (%s): %s", job_id, name, ", ".join(job.launches))
+        self._last_query = -float("inf")
+
+    def job_ids(self) -> dict[str, str]:
+        """The Slurm job id that runs each worker now, keyed by worker id."""
+        return {worker_id: worker.job.job_id for worker_id, worker in self._workers.items()}
+
+    # --- polling ------------------------------------------------------------------------------------------------
+
+    def _refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_query < self.options.poll_interval_s:
+            return
+        pending = [job for job in self._jobs.values() if job.alive]
+        if not pending:
+            return
+        try:
+            output = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job.job_id for job in pending),
+                           "-o", "%i|%T|%r"], "poll", ok_errors=("Invalid job id",))
+        except SlurmError as error:
+            if isinstance(error.__cause__, FileNotFoundError):
+                raise
+            log.warning("%s; keeping the last known job states", error)
+            return
+        self._last_query = time.monotonic()
+        listed = set()
+        for line in output.splitlines():
+            job_id, _, rest = line.partition("|")
+            state, _, reason = rest.partition("|")
+            job = self._jobs.get(job_id.strip())
+            if job is not None:
+                job.slurm_state, job.reason, job.seen = state.strip(), reason.strip(), True
+                listed.add(job.job_id)
+        for job in pending:
+            if job.job_id not in listed and (job.seen or self._last_query - job.submitted_at > _LIST_GRACE_S):
+                job.vanished = True
+                job.reason = "no longer listed by squeue"
+
+    def _job_exit_code(self, job: _Job) -> int | None:
+        if not job.exit_code_checked and job.state.finished and not job.vanished:
+            job.exit_code_checked = True
+            try:
+                text = _run(["scontrol", "show", "job", "-o", job.job_id], "poll")
+            except SlurmError as error:
+                log.warning("%s", error)
+                return None
+            for token in text.split():
+                if token.startswith("ExitCode="):
+                    code, _, signal = token.removeprefix("ExitCode=").partition(":")
+                    if code.isdigit() and signal.isdigit():
+                        # A job killed by a signal reports 0:SIG; shells report that as 128 + SIG.
+                        job.exit_code = int(code) or (128 + int(signal) if int(signal) else 0)
+        return job.exit_code
+
+    def _read_exit_code(self, worker: _Worker) -> int | None:
+        try:
+            text = exit_file(self.state_dir, worker.launch, worker.job.job_id).read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.lstrip("-").isdigit() else None
+
+    def _worker_finished(self, worker: _Worker) -> bool:
+        return self._worker_status(worker).state.finished
+
+    def _failure(self, worker: _Worker, state: JobState, code: int | None, what: str) -> WorkerJobStatus:
+        job = worker.job
+        detail = f"{what} (Slurm job {job.job_id} {job.slurm_state or 'state unknown'}"
+        detail += f", reason {job.reason})" if job.reason and job.reason != "None" else ")"
+        return WorkerJobStatus(state, code, f"{detail}; log {self.cwd / worker.launch.log_path}")
+
+    def _worker_status(self, worker: _Worker) -> WorkerJobStatus:
+        job = worker.job
+        code = self._read_exit_code(worker)
+        job_state = job.state
+        if code == 0:
+            return WorkerJobStatus(JobState.COMPLETED, 0)
+        if worker.stopped and (code is not None or job_state.finished):
+            return WorkerJobStatus(JobState.CANCELLED, code, f"stopped by the controller (Slurm job {job.job_id})")
+        if code is not None:
+            special = job_state if job_state in (JobState.TIMEOUT, JobState.OUT_OF_MEMORY, JobState.NODE_FAIL,
+                                                 JobState.CANCELLED) else JobState.FAILED
+            return self._failure(worker, special, code, f"worker exited with code {code}")
+        if not job.seen and not job.vanished:
+            return WorkerJobStatus(JobState.UNKNOWN, None, f"Slurm job {job.job_id} is not listed by squeue yet")
+        if job_state is JobState.PENDING:
+            return WorkerJobStatus(JobState.PENDING, None, f"Slurm job {job.job_id} pending: {job.reason}")
+        if job_state is JobState.RUNNING:
+            return WorkerJobStatus(JobState.RUNNING, None, f"Slurm job {job.job_id}")
+        if job_state is JobState.UNKNOWN:
+            return WorkerJobStatus(JobState.UNKNOWN, None, f"Slurm job {job.job_id} in state {job.slurm_state}")
+        exit_code = self._job_exit_code(job)
+        if job_state is JobState.COMPLETED:
+            return self._failure(worker, JobState.FAILED, exit_code,
+                                 "the job ended without recording this worker's exit code")
+        what = "squeue no longer lists the job" if job.vanished else f"the job ended as {job.slurm_state}"
+        return self._failure(worker, job_state, exit_code, what)
+
+    def poll(self) -> dict[str, WorkerJobStatus]:
+        self._refresh()
+        return {worker_id: self._worker_status(worker) for worker_id, worker in self._workers.items()}
+
+    # --- stopping -----------------------------------------------------------------------------------------------
+
+    def _steps_by_name(self, job: _Job) -> dict[str, str]:
+        output = _run(["squeue", "-h", "-s", "-j", job.job_id, "-o", "%i|%j"], "stop", ok_errors=("Invalid job id",))
+        steps: dict[str, str] = {}
+        for line in output.splitlines():
+            step_id, _, name = line.partition("|")
+            steps[name.strip()] = step_id.strip()
+        return steps
+
+    def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
+        """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`."""
+        unknown = sorted(set(worker_ids or ()) - set(self._workers))
+        if unknown:
+            raise ValueError(f"cannot stop unknown workers {unknown}; known: {sorted(self._workers)}")
+        targets = set(self._workers) if worker_ids is None else set(worker_ids)
+        self._refresh(force=True)
+        for worker_id in targets:
+            worker = self._workers[worker_id]
+            # A worker that already ended keeps its own outcome (a failure stays a failure).
+            worker.stopped = worker.stopped or not self._worker_finished(worker)
+        whole_jobs: list[_Job] = []
+        partial: list[_Worker] = []
+        for job in self._jobs.values():
+            if not job.alive:
+                continue
+            current = {wid for wid in job.launches if self._workers[wid].job is job}
+            if worker_ids is None or current <= targets:
+                whole_jobs.append(job)
+            else:
+                partial += [self._workers[wid] for wid in sorted(current & targets)
+                            if self._read_exit_code(self._workers[wid]) is None]
+        for worker in partial:
+            # The step may not exist yet (job pending, or srun not yet started): the marker keeps it from starting.
+            stop_file(self.state_dir, worker.launch, worker.job.job_id).touch()
+        if whole_jobs:
+            _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
+        cancelled: set[str] = set()
+        if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
+            return
+        log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
+                    [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
+        if whole_jobs:
+            _run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
+                 ok_errors=_GONE_ERRORS)
+        cancelled.clear()
+        if not self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=True):
+            raise SlurmError(f"Slurm jobs {[job.job_id for job in whole_jobs if job.alive]} or steps "
+                             f"{sorted(cancelled)} are still alive {2 * timeout:.0f} s after scancel")
+
+    def _wait_stopped(self, jobs: list[_Job], workers: list[_Worker], cancelled: set[str], timeout: float,
+                      kill: bool) -> bool:
+        """Wait until `jobs` have ended and `workers` have exit records, cancelling their steps as they appear."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._refresh(force=True)
+            left_jobs = [job for job in jobs if job.alive]
+            left = [worker for worker in workers if worker.job.alive and worker.job.state is not JobState.PENDING
+                    and self._read_exit_code(worker) is None]
+            for job in {id(worker.job): worker.job for worker in left}.values():
+                by_name = self._steps_by_name(job)
+                new = [by_name[step_name(worker.launch)] for worker in left if worker.job is job
+                       and by_name.get(step_name(worker.launch), "") not in cancelled | {""}]
+                if new:
+                    _run(["scancel", *(["--signal=KILL"] if kill else []), *new], "stop", ok_errors=_GONE_ERRORS)
+                    cancelled.update(new)
+            if not left_jobs and not left:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, cwd: Path | None = None,
+                      resources: Resources | None = None) -> tuple[str, Path]:
+    """Submit a job that runs the controller command `argv`; returns the job id and the controller's log file."""
+    cwd = (cwd or Path.cwd()).resolve()
+    run_dir = (cwd / run_dir).resolve()
+    name = job_name(run_dir, "controller")
+    script = render_controller_script(argv, options, name=name, output=run_dir / "controller-%j.log", cwd=cwd,
+                                      resources=resources or Resources())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script_path = run_dir / f"{name}.sbatch"
+    _write_private(script_path, script)
+    job_id = _sbatch(script_path)
+    return job_id, run_dir / f"controller-{job_id}.log"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a job script readable by its owner only: it holds the workers' environment (URLs with passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def _sbatch(script_path: Path) -> str:
+    output = _run(["sbatch", "--parsable", str(script_path)], "submit")
+    job_id = output.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch --parsable {script_path} printed {output.strip()!r}, not a job id")
+    return job_id
+
+
+def _run(argv: list[str], purpose: str, ok_errors: tuple[str, ...] = ()) -> str:
+    """Run a Slurm client command and return its stdout; errors whose stderr holds one of `ok_errors` are ''."""
+    if shutil.which(argv[0]) is None:
+        error = FileNotFoundError(argv[0])
+        raise SlurmError(
+            f"'{argv[0]}' is not on PATH ({os.environ.get('PATH', '')}), so the slurm scheduler cannot {purpose}: "
+            "install the Slurm client tools (Debian/Ubuntu: apt-get install slurm-client) or add their directory "
+            "to PATH; for a single-node test cluster run `scripts/slurm-dev-cluster.sh up` as root and export the "
+            "SLURM_CONF it prints") from error
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise SlurmError(f"`{' '.join(argv)}` did not answer within {_COMMAND_TIMEOUT_S:.0f} s; is slurmctld up "
+                         f"(SLURM_CONF={os.environ.get('SLURM_CONF', '<unset>')})?") from error
+    if result.returncode != 0:
+        if any(text in result.stderr for text in ok_errors):
+            return result.stdout
+        hint = ("; the Slurm client finds no cluster: export SLURM_CONF=/path/to/slurm.conf (for the single-node "
+                "test cluster, the line `scripts/slurm-dev-cluster.sh up` prints)"
+                if "configuration source" in result.stderr else "")
+        raise SlurmError(f"`{' '.join(argv)}` failed with exit code {result.returncode}: {result.stderr.strip()}{hint}")
+    return result.stdout

@@ -1,0 +1,285 @@
+"""Worker control channel: the controller (DEALER per worker) sends commands, the worker (ROUTER) replies.
+
+Commands: `configure`, `start`, `pause`, `resume`, `exit`, `status` (see `COMMANDS`).
+
+Frames of a request, as the client sends them (the ROUTER prepends the client's identity frame)::
+
+    frame 0   b""            delimiter
+    frame 1   signature      b"" today; reserved for an HMAC-SHA256 over frames 2.. (no protocol change needed)
+    frame 2   header         zrl.wire frame: {"v": PROTOCOL_VERSION, "trial": str, "sender": str,
+                             "id": str (unique per message), "command": str}
+    frame 3.. body           zrl.wire frames of the command's payload (a dict, may be empty)
+
+A reply has the same frames; its header is {"v", "trial", "sender", "id", "reply_to": request id, "ok": bool},
+and its body is the command's result (a dict) when ok, else an error {"type", "message", "traceback"}: a
+worker's exception travels as text, never as a pickled object.
+
+A request whose frames do not decode is dropped and counted (`ControlServer.dropped`). A decodable request with
+the wrong protocol version, the wrong trial or an unknown command gets an error reply saying so. Every bound
+socket has a message-size limit. Replies are matched to requests by id; late replies to a request that already
+timed out are discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback as traceback_module
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from zrl import wire
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+COMMANDS = ("configure", "start", "pause", "resume", "exit", "status")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Size limit of one control message on the worker's bound socket."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """An exception as it crosses the wire: its type name, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        return cls(type(exc).__name__, str(exc),
+                   "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__)))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ErrorInfo:
+        if not isinstance(data, dict):
+            return cls("ProtocolError", f"error reply body is not a mapping: {data!r}")
+        return cls(str(data.get("type", "Error")), str(data.get("message", "")), str(data.get("traceback", "")))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A decoded request as the worker sees it."""
+
+    identity: bytes
+    id: str
+    sender: str
+    command: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ControlReply:
+    """A worker's answer to one request; `timed_out` means no answer came within the timeout."""
+
+    worker_id: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: ErrorInfo | None = None
+    timed_out: bool = False
+
+
+def _header_frame(header: dict[str, Any]) -> bytes:
+    frames = wire.encode(header)
+    if len(frames) != 1:
+        raise wire.WireError("a control header must encode to a single frame (no arrays)")
+    return bytes(frames[0])
+
+
+def _split(frames: list[bytes]) -> tuple[dict[str, Any], Any]:
+    """Decode [delimiter, signature, header, *body] into (header, body); raise WireError if malformed."""
+    if len(frames) < 4 or frames[0] != b"":
+        raise wire.WireError(f"a control message needs delimiter, signature, header and body frames, got "
+                             f"{len(frames)} frames")
+    header = wire.decode([frames[2]])
+    if not isinstance(header, dict) or not all(isinstance(header.get(k), str) for k in ("trial", "sender", "id")):
+        raise wire.WireError(f"control header must be a mapping with str trial, sender and id, got {header!r}")
+    return header, wire.decode(frames[3:])
+
+
+class ControlServer:
+    """The worker's end: a ROUTER bound to `host` on a free port; `recv` yields requests, `reply` answers them.
+
+    Not thread-safe: use it from one thread (the worker's control thread).
+    """
+
+    def __init__(self, trial: str, sender: str, host: str = "127.0.0.1", context: zmq.Context | None = None):
+        self.trial = trial
+        self.sender = sender
+        self.dropped = 0
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        port = self._socket.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def recv(self, timeout_s: float) -> ControlRequest | None:
+        """The next valid request, or None after `timeout_s`. Invalid requests are answered or dropped here."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._poller.poll(remaining_ms):
+                return None
+            frames = self._socket.recv_multipart()
+            request = self._check(frames)
+            if request is not None:
+                return request
+            if time.monotonic() >= deadline:
+                return None
+
+    def _check(self, frames: list[bytes]) -> ControlRequest | None:
+        identity, rest = frames[0], frames[1:]
+        try:
+            header, body = _split(rest)
+        except wire.WireError as exc:
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning("dropped a malformed control message (%s); later drops are only counted", exc)
+            return None
+        request = ControlRequest(identity, header["id"], header["sender"], str(header.get("command")),
+                                 body if isinstance(body, dict) else {})
+        problem = None
+        if header.get("v") != PROTOCOL_VERSION:
+            problem = f"control protocol version {header.get('v')!r} is not supported (this worker speaks {PROTOCOL_VERSION})"
+        elif header["trial"] != self.trial:
+            problem = f"message for trial {header['trial']!r}; this worker serves trial {self.trial!r}"
+        elif request.command not in COMMANDS:
+            problem = f"unknown command {request.command!r}; allowed: {', '.join(COMMANDS)}"
+        elif not isinstance(body, dict):
+            problem = f"the body of command {request.command!r} must be a mapping, got {type(body).__name__}"
+        if problem is None:
+            return request
+        self.reply(request, error=ErrorInfo("ProtocolError", problem))
+        return None
+
+    def reply(self, request: ControlRequest, result: dict[str, Any] | None = None,
+              error: ErrorInfo | None = None) -> None:
+        header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "id": uuid.uuid4().hex,
+                  "reply_to": request.id, "ok": error is None}
+        body = error.to_dict() if error is not None else (result or {})
+        try:
+            body_frames = wire.encode(body)
+        except wire.WireError as exc:
+            body_frames = wire.encode(ErrorInfo.from_exception(exc).to_dict())
+            header["ok"] = False
+        self._socket.send_multipart([request.identity, b"", b"", _header_frame(header), *body_frames], copy=False)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class ControlClient:
+    """The controller's end: one DEALER per worker; `request` addresses one worker, a group, or all of them.
+
+    Not thread-safe: use it from one thread.
+    """
+
+    def __init__(self, trial: str, sender: str = "controller", context: zmq.Context | None = None):
+        self.trial = trial
+        self.sender = sender
+        self._context = context or zmq.Context.instance()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._addresses: dict[str, str] = {}
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted(self._sockets)
+
+    def address(self, worker_id: str) -> str:
+        return self._addresses[worker_id]
+
+    def connect(self, worker_id: str, address: str) -> None:
+        """Talk to `worker_id` at `address` from now on (a new socket, so replies to an older incarnation are lost)."""
+        self.disconnect(worker_id)
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        self._sockets[worker_id] = sock
+        self._addresses[worker_id] = address
+
+    def disconnect(self, worker_id: str) -> None:
+        sock = self._sockets.pop(worker_id, None)
+        self._addresses.pop(worker_id, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def select(self, target: str | list[str] | None) -> list[str]:
+        """Worker ids named by `target`: None (all), a group name, a worker id 'group/index', or a list of ids."""
+        if target is None:
+            return self.workers
+        if isinstance(target, list):
+            unknown = [t for t in target if t not in self._sockets]
+            if unknown:
+                raise KeyError(f"not connected to workers {unknown}; connected: {', '.join(self.workers)}")
+            return list(target)
+        if target in self._sockets:
+            return [target]
+        members = [w for w in self.workers if w.rsplit("/", 1)[0] == target]
+        if not members:
+            raise KeyError(f"no connected worker or group named {target!r}; connected: {', '.join(self.workers)}")
+        return members
+
+    def request(self, target: str | list[str] | None, command: str, payload: dict[str, Any] | None = None,
+                timeout: float = 10.0) -> dict[str, ControlReply]:
+        """Send `command` to every selected worker at once and collect replies for up to `timeout` seconds."""
+        if command not in COMMANDS:
+            raise ValueError(f"unknown control command {command!r}; allowed: {', '.join(COMMANDS)}")
+        body_frames = wire.encode(payload or {})
+        pending: dict[str, str] = {}
+        for worker_id in self.select(target):
+            message_id = uuid.uuid4().hex
+            header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "id": message_id,
+                      "command": command}
+            self._sockets[worker_id].send_multipart([b"", b"", _header_frame(header), *body_frames], copy=False)
+            pending[worker_id] = message_id
+        replies: dict[str, ControlReply] = {}
+        poller = zmq.Poller()
+        by_socket = {self._sockets[w]: w for w in pending}
+        for sock in by_socket:
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            for sock, _ in poller.poll(remaining_ms):
+                worker_id = by_socket[sock]
+                reply = self._read(sock, worker_id, pending.get(worker_id))
+                if reply is not None:
+                    replies[worker_id] = reply
+                    pending.pop(worker_id, None)
+        for worker_id in pending:
+            replies[worker_id] = ControlReply(worker_id, ok=False, timed_out=True, error=ErrorInfo(
+                "TimeoutError", f"worker {worker_id} did not answer {command!r} within {timeout:g} s"))
+        return replies
+
+    def _read(self, sock: zmq.Socket, worker_id: str, expected_id: str | None) -> ControlReply | None:
+        frames = sock.recv_multipart()
+        try:
+            header, body = _split(frames)
+        except wire.WireError as exc:
+            logger.warning("dropped a malformed control reply from %s: %s", worker_id, exc)
+            return None
+        if expected_id is None or header.get("reply_to") != expected_id:
+            return None
+        if header.get("ok") is True:
+            return ControlReply(worker_id, ok=True, result=body if isinstance(body, dict) else {"value": body})
+        return ControlReply(worker_id, ok=False, error=ErrorInfo.from_dict(body))
+
+    def close(self) -> None:
+        for worker_id in list(self._sockets):
+            self.disconnect(worker_id)

@@ -1,0 +1,73 @@
+"""Inference stream protocol and configuration (DEALER-ROUTER).
+
+Clients hold one DEALER socket per server; a server binds one ROUTER socket. Messages (frames as in
+`zrl.wire`; the ROUTER sees the client's routing identity as an extra first frame)::
+
+    client -> server   wire.encode(["request",  [[request_id, payload], ...]])
+    server -> client   wire.encode(["response", [[request_id, payload], ...]])
+
+`request_id` is an int unique within the client; `payload` is any wire-encodable value (for
+generation: a dict of prefix token ids, max new tokens and sampling params). One message may carry
+many requests (client batching) or many responses (server batching).
+
+Failover: a client sends each request to the live server with the fewest outstanding requests.
+When a server vanishes from the name service, or leaves a request unanswered past
+`request_timeout_s`, the client re-sends that server's outstanding requests to another live server
+with the same ids. The first response for an id wins; later ones are dropped and counted as
+`dropped.duplicate`. Servers drop (and count as `garbage`) messages that do not decode or lack fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zrl.streams.sockets import SocketConfig
+
+REQUEST_TAG = "request"
+RESPONSE_TAG = "response"
+
+
+@dataclass(frozen=True)
+class InferenceStreamConfig:
+    """Settings of one inference stream, for clients and servers alike."""
+
+    sockets: SocketConfig = field(default_factory=SocketConfig)
+    """High-water marks, message size limit and bind host."""
+    request_timeout_s: float = 60.0
+    """A server that leaves a request unanswered this long is presumed dead and its requests go elsewhere."""
+    quarantine_s: float = 10.0
+    """How long a server that missed a deadline gets no new requests (unless it is the only one)."""
+    resolve_interval_s: float = 1.0
+    """How often name-resolving clients look for new or vanished servers."""
+    keepalive_ttl_s: float = 10.0
+    """TTL of a server's name-service entry; it vanishes this long after the server dies."""
+
+    def __post_init__(self) -> None:
+        for name in ("request_timeout_s", "quarantine_s", "resolve_interval_s", "keepalive_ttl_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"InferenceStreamConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as a server sees it; pass it back to `respond`."""
+
+    id: int
+    payload: Any
+    client: bytes
+    """Routing identity of the client's socket."""
+    received_at: float
+    """time.monotonic() when the server read it."""
+
+
+def parse_batch(body: Any, tag: str) -> list[tuple[int, Any]] | str:
+    """Return the (id, payload) pairs of a decoded message body, or a text saying what is wrong with it."""
+    if not (isinstance(body, list) and len(body) == 2 and body[0] == tag and isinstance(body[1], list)):
+        return f"expected [{tag!r}, [[id, payload], ...]], got {type(body).__name__}"
+    pairs = []
+    for index, item in enumerate(body[1]):
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+            return f"item {index} is not [int id, payload]"
+        pairs.append((item[0], item[1]))
+    return pairs

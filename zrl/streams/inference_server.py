@@ -1,0 +1,96 @@
+"""Inference servers: a bound ROUTER socket that hands out requests in batches and routes responses back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from zrl import wire
+from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
+from zrl.streams.registration import RegisteredMixin
+from zrl.streams.sockets import StreamCounters, bind_socket, receive_batch, send_frames
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceServer:
+    """Serves an inference stream at a fixed `address` (or a free port on `bind_host`): the Ip variant."""
+
+    def __init__(self, config: InferenceStreamConfig | None = None, *, address: str | None = None,
+                 name: str = "inference", context: zmq.Context | None = None):
+        self.config = config or InferenceStreamConfig()
+        self.counters = StreamCounters(name, logger)
+        self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.ROUTER,
+                                                 self.config.sockets, address)
+        # Fail a send to a vanished or full client instead of silently discarding it, so it is counted.
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._ready: deque[Request] = deque()
+        self._closed = False
+
+    def poll_requests(self, max_batch: int, timeout: float = 0.0) -> list[Request]:
+        """Return up to `max_batch` requests from any clients, waiting at most `timeout` s for the first."""
+        return receive_batch(self._socket, self._ready, max_batch, timeout, self._accept)
+
+    def respond(self, request: Request, payload: Any) -> bool:
+        """Send the response to `request`; return False (and count it) if its client is gone or full."""
+        return self.respond_many([(request, payload)]) == 1
+
+    def respond_many(self, responses: Iterable[tuple[Request, Any]]) -> int:
+        """Send many responses, one message per client; return how many were sent."""
+        by_client: dict[bytes, list[list[Any]]] = defaultdict(list)
+        for request, payload in responses:
+            by_client[request.client].append([request.id, payload])
+        sent = 0
+        for client, pairs in by_client.items():
+            frames = wire.encode([RESPONSE_TAG, pairs])
+            try:
+                send_frames(self._socket, [client, *frames], zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError) as exc:
+                self.counters.dropped("unroutable", len(pairs), f"client {client.hex()} gone or full: {exc}")
+                continue
+            sent += len(pairs)
+        self.counters.add("sent", sent)
+        return sent
+
+    def as_dict(self) -> dict[str, int]:
+        return self.counters.as_dict()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._socket.close(0)
+
+    def __enter__(self) -> InferenceServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept(self, frames: list[Any]) -> None:
+        client = frames[0].bytes
+        try:
+            body = wire.decode(frames[1:])
+        except wire.WireError as exc:
+            self.counters.garbage("undecodable", exc)
+            return
+        pairs = parse_batch(body, REQUEST_TAG)
+        if isinstance(pairs, str):
+            self.counters.garbage("not_a_request_batch", pairs)
+            return
+        now = time.monotonic()
+        self.counters.add("received", len(pairs))
+        self._ready.extend(Request(request_id, payload, client, now) for request_id, payload in pairs)
+
+
+class NameResolvingInferenceServer(RegisteredMixin, InferenceServer):
+    """A server that registers its address under `root` with a keepalive TTL, so clients find it."""
+
+    def __init__(self, resolver: Any, root: str, config: InferenceStreamConfig | None = None, *,
+                 address: str | None = None, name: str = "inference", context: zmq.Context | None = None):
+        super().__init__(config, address=address, name=name, context=context)
+        self._register(resolver, root, self.config.keepalive_ttl_s)

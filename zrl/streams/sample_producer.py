@@ -1,0 +1,190 @@
+"""Sample producers: Ip (one consumer), RoundRobin (spread over consumers), Broadcast (every consumer gets
+every sample) and NameResolving (spread over the consumers registered in the name service)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import zmq
+
+from zrl import wire
+from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig, StreamFullError, approx_nbytes
+from zrl.streams.sockets import StreamCounters, connect_socket, send_frames
+
+logger = logging.getLogger(__name__)
+
+
+class SampleProducer:
+    """Pushes samples to consumers, batching them until `batch_bytes` or `batch_max_samples` is reached.
+
+    Call `flush()` at the end of a unit of work: buffered samples are sent only when a batch fills,
+    on `flush()` and on `close()`.
+    """
+
+    def __init__(self, addresses: Sequence[str], config: SampleStreamConfig | None = None, *,
+                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
+        self.config = config or SampleStreamConfig()
+        self.broadcast = broadcast
+        self.counters = StreamCounters(name, logger)
+        self._context = context or zmq.Context.instance()
+        self._buffer: list[Any] = []
+        self._buffer_bytes = 0
+        self._addresses: list[str] = []
+        # Round robin: one PUSH socket connected to every consumer (ZeroMQ spreads messages over those
+        # with room). Broadcast: one PUSH socket per consumer.
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._closed = False
+        self._set_addresses(list(addresses))
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._addresses)
+
+    def post(self, sample: Any, flush: bool = False) -> None:
+        """Buffer `sample`; send the batch if it is full or `flush` is true."""
+        self._buffer.append(sample)
+        self._buffer_bytes += approx_nbytes(sample)
+        if flush or self._buffer_bytes >= self.config.batch_bytes or len(self._buffer) >= self.config.batch_max_samples:
+            self.flush()
+
+    def post_many(self, samples: Iterable[Any]) -> None:
+        for sample in samples:
+            self.post(sample)
+
+    def flush(self) -> None:
+        """Send every buffered sample now (subject to the full-queue policy)."""
+        if not self._buffer:
+            return
+        batch, self._buffer, self._buffer_bytes = self._buffer, [], 0
+        frames = wire.encode([SAMPLE_TAG, batch])
+        self._refresh_consumers()
+        targets = list(self._sockets) if self.broadcast else ["*"]
+        for target in targets:
+            if self._send(target, frames):
+                self.counters.add("sent", len(batch))
+                self.counters.add("messages_sent")
+            else:
+                self.counters.dropped("queue_full", len(batch),
+                                      f"queue to {target} full ({self.config.sockets.send_hwm} messages)")
+
+    def as_dict(self) -> dict[str, int]:
+        return self.counters.as_dict()
+
+    def close(self, flush: bool = True) -> None:
+        if self._closed:
+            return
+        try:
+            if flush:
+                self.flush()
+        finally:
+            self._closed = True
+            for sock in self._sockets.values():
+                sock.close(self.config.sockets.linger_ms)
+            self._sockets.clear()
+
+    def __enter__(self) -> SampleProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _refresh_consumers(self) -> None:
+        """Hook for producers whose consumer set can change."""
+
+    def _socket_for(self, target: str) -> zmq.Socket | None:
+        if target == "*":
+            return next(iter(self._sockets.values()), None)
+        return self._sockets.get(target)
+
+    def _send(self, target: str, frames: list[wire.Frame]) -> bool:
+        sock = self._socket_for(target)
+        if sock is not None:
+            try:
+                send_frames(sock, frames, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+        if self.config.full_policy == "drop":
+            return False
+        deadline = time.monotonic() + self.config.block_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StreamFullError(
+                    f"sample stream {self.counters.stream}: no room to send to {target if target != '*' else self._addresses} "
+                    f"within block_timeout_s={self.config.block_timeout_s} (send_hwm={self.config.sockets.send_hwm})")
+            if sock is not None:
+                sock.poll(int(min(remaining, self.config.resolve_interval_s) * 1000) + 1, zmq.POLLOUT)
+            else:
+                time.sleep(min(remaining, self.config.resolve_interval_s, 0.05))
+            self._refresh_consumers()
+            sock = self._socket_for(target)
+            if sock is None:
+                continue
+            try:
+                send_frames(sock, frames, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                continue
+
+    def _set_addresses(self, addresses: list[str]) -> None:
+        added = [address for address in addresses if address not in self._addresses]
+        removed = [address for address in self._addresses if address not in addresses]
+        if not added and not removed:
+            return
+        options = self.config.sockets
+        self._addresses = [address for address in self._addresses if address not in removed] + added
+        if self.broadcast:
+            for address in removed:
+                self._sockets.pop(address).close(options.linger_ms)
+            for address in added:
+                self._sockets[address] = connect_socket(self._context, zmq.PUSH, options, address)
+        else:
+            if not self._sockets:
+                # IMMEDIATE: queue only to consumers whose connection is up, so a dead one gets no share.
+                self._sockets["*"] = connect_socket(self._context, zmq.PUSH, options, added[0], immediate=True)
+                added = added[1:]
+            sock = self._sockets["*"]
+            for address in removed:
+                sock.disconnect(address)
+            for address in added:
+                sock.connect(address)
+
+
+def IpSampleProducer(address: str, config: SampleStreamConfig | None = None, **kwargs: Any) -> SampleProducer:
+    """A producer that sends to the one consumer bound at `address`."""
+    return SampleProducer([address], config, **kwargs)
+
+
+def RoundRobinSampleProducer(addresses: Sequence[str], config: SampleStreamConfig | None = None,
+                             **kwargs: Any) -> SampleProducer:
+    """A producer that spreads batches over the consumers at `addresses`, skipping those whose queue is full."""
+    return SampleProducer(addresses, config, broadcast=False, **kwargs)
+
+
+def BroadcastSampleProducer(addresses: Sequence[str], config: SampleStreamConfig | None = None,
+                            **kwargs: Any) -> SampleProducer:
+    """A producer that sends every sample to every consumer at `addresses`."""
+    return SampleProducer(addresses, config, broadcast=True, **kwargs)
+
+
+class NameResolvingSampleProducer(SampleProducer):
+    """Spreads samples over (or broadcasts them to) the consumers registered under `root` in the name service."""
+
+    def __init__(self, resolver: Any, root: str, config: SampleStreamConfig | None = None, *,
+                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
+        self._resolver = resolver
+        self._root = root
+        self._next_resolve = 0.0
+        super().__init__([], config, broadcast=broadcast, name=name, context=context)
+        self._refresh_consumers()
+
+    def _refresh_consumers(self) -> None:
+        now = time.monotonic()
+        if now < self._next_resolve:
+            return
+        self._next_resolve = now + self.config.resolve_interval_s
+        self._set_addresses(sorted(set(self._resolver.get_subtree(self._root))))

@@ -1,0 +1,153 @@
+"""Socket set-up shared by every stream: explicit high-water marks, a message size limit, drop accounting."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from zrl.wire import WireError
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    """Options applied to every socket of a stream."""
+
+    send_hwm: int = 1000
+    """Messages queued for sending per peer before the queue counts as full."""
+    recv_hwm: int = 1000
+    """Messages queued on receipt per peer before the sender is held back."""
+    max_message_bytes: int = 1 << 30
+    """ZMQ_MAXMSGSIZE of bound sockets: a peer sending a larger frame is disconnected."""
+    bind_host: str = "127.0.0.1"
+    """Interface that servers and consumers bind to ('*' for all interfaces)."""
+    advertise_host: str | None = None
+    """Host written into the name service for peers to connect to; None means `bind_host`."""
+    linger_ms: int = 1000
+    """How long unsent messages outlive close() while the ZeroMQ context terminates (-1: until sent)."""
+
+    def __post_init__(self) -> None:
+        for name in ("send_hwm", "recv_hwm", "max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SocketConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+def _apply(sock: zmq.Socket, config: SocketConfig) -> None:
+    sock.setsockopt(zmq.SNDHWM, config.send_hwm)
+    sock.setsockopt(zmq.RCVHWM, config.recv_hwm)
+    sock.setsockopt(zmq.LINGER, config.linger_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+
+
+def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
+                address: str | None = None) -> tuple[zmq.Socket, str]:
+    """Bind a new socket to `address` (default: a free TCP port on `bind_host`); return it and its connect address."""
+    sock = context.socket(socket_type)
+    _apply(sock, config)
+    try:
+        sock.bind(address or f"tcp://{config.bind_host}:*")
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise OSError(f"cannot bind {zmq_type_name(socket_type)} socket to {address or config.bind_host}: {exc}") from exc
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    if config.advertise_host is not None and endpoint.startswith("tcp://"):
+        endpoint = f"tcp://{config.advertise_host}:{endpoint.rsplit(':', 1)[1]}"
+    elif endpoint.startswith("tcp://0.0.0.0:"):
+        raise ValueError("SocketConfig.advertise_host must be set when binding to all interfaces")
+    return sock, endpoint
+
+
+def connect_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str,
+                   immediate: bool = False) -> zmq.Socket:
+    """Create a socket of `socket_type` connected to `address` (`immediate`: queue only to completed connections)."""
+    sock = context.socket(socket_type)
+    _apply(sock, config)
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(address)
+    return sock
+
+
+def zmq_type_name(socket_type: int) -> str:
+    return {zmq.PUSH: "PUSH", zmq.PULL: "PULL", zmq.ROUTER: "ROUTER", zmq.DEALER: "DEALER"}.get(socket_type, str(socket_type))
+
+
+class StreamCounters:
+    """Counts of what a stream sent, received and dropped; `as_dict()` feeds the metrics."""
+
+    def __init__(self, stream: str, logger: logging.Logger):
+        self.stream = stream
+        self.logger = logger
+        self._counts: Counter[str] = Counter(sent=0, received=0, dropped=0, garbage=0)
+        self._logged_kinds: set[str] = set()
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self._counts[key] += amount
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts[key]
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def garbage(self, kind: str, detail: str | WireError) -> None:
+        """Count a malformed incoming message; log the first of each kind, so a flood cannot fill the log."""
+        self._counts["garbage"] += 1
+        self._counts[f"garbage.{kind}"] += 1
+        if kind not in self._logged_kinds:
+            self._logged_kinds.add(kind)
+            self.logger.warning("stream %s: dropped a malformed message (%s): %s; further ones are only counted",
+                                self.stream, kind, detail)
+
+    def dropped(self, kind: str, amount: int, detail: str) -> None:
+        """Count well-formed items that were dropped on purpose (full queue, duplicate); log the first of each kind."""
+        self._counts["dropped"] += amount
+        self._counts[f"dropped.{kind}"] += amount
+        if kind not in self._logged_kinds:
+            self._logged_kinds.add(kind)
+            self.logger.warning("stream %s: dropped %d item(s) (%s): %s; further ones are only counted",
+                                self.stream, amount, kind, detail)
+
+
+# Messages read in one go before checking the clock again, so one call cannot read without end.
+_MAX_MESSAGES_PER_DRAIN = 4096
+
+
+def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: float,
+                  accept: Callable[[list[zmq.Frame]], None]) -> list[Any]:
+    """Pop up to `wanted` items from `ready`, first reading messages from `sock` into it via `accept`.
+
+    Waits at most `timeout` seconds for the first item; once any item is ready it returns what has arrived.
+    """
+    if wanted <= 0:
+        raise ValueError(f"the batch size must be > 0, got {wanted}")
+    deadline = time.monotonic() + timeout
+    while len(ready) < wanted:
+        got = False
+        for _ in range(_MAX_MESSAGES_PER_DRAIN):
+            if len(ready) >= wanted or not has_message(sock):
+                break
+            got = True
+            accept(sock.recv_multipart(copy=False))
+        if got:
+            continue
+        remaining = deadline - time.monotonic()
+        if ready or remaining <= 0:
+            break
+        sock.poll(int(remaining * 1000) + 1)
+    return [ready.popleft() for _ in range(min(wanted, len(ready)))]
+
+
+def has_message(sock: zmq.Socket) -> bool:
+    """Whether a message is waiting; cheaper than a non-blocking recv that raises zmq.Again."""
+    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+
+def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
+    """Send wire frames, copying only messages without array buffers (cheaper than a zero-copy frame)."""
+    sock.send_multipart(frames, flags=flags, copy=len(frames) <= 2 and len(frames[-1]) < 65536)

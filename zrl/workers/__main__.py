@@ -1,0 +1,70 @@
+"""Run one worker until the controller tells it to exit.
+
+    python -m zrl.workers echo_producer --experiment echo --trial t1 --group producer --index 0 \
+        --name-resolve file:///tmp/names
+
+The controller builds this command for every worker; run it by hand only to debug one worker. The worker registers
+its control address in the name service and waits for `configure` and `start` on the control channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+
+from zrl.config import NAME_RESOLVE_ENV
+from zrl.nameresolve import make_name_resolver
+from zrl.workers.base import WorkerContext
+from zrl.workers.registry import worker_class
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zrl.workers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("type", help="worker type: a registered name or 'package.module:Class'")
+    parser.add_argument("--experiment", required=True, help="experiment name")
+    parser.add_argument("--trial", required=True, help="trial name")
+    parser.add_argument("--group", required=True, help="worker group name in the experiment")
+    parser.add_argument("--index", required=True, type=int, help="index of this worker within its group")
+    parser.add_argument("--name-resolve", default=os.environ.get(NAME_RESOLVE_ENV),
+                        help=f"name service URL (default: ${NAME_RESOLVE_ENV})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind and advertise sockets on; 'auto': this node's address")
+    parser.add_argument("--keepalive-ttl", type=float, default=WorkerContext.keepalive_ttl_s,
+                        help="keepalive TTL in seconds of the control-address name")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.name_resolve:
+        print(f"error: no name service: pass --name-resolve URL or set ${NAME_RESOLVE_ENV}", file=sys.stderr)
+        return 2
+    host = socket.gethostbyname(socket.gethostname()) if args.host == "auto" else args.host
+    context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s {context.worker_id} %(name)s: %(message)s")
+    cls = worker_class(args.type)
+    resolver = make_name_resolver(args.name_resolve)
+    worker = cls(context, resolver)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received signal %d, exiting", signum)
+        worker.request_exit()
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return worker.run()
+    finally:
+        resolver.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

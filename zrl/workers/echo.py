@@ -1,0 +1,167 @@
+"""Demo workers that exercise both streams: producers ask an echo server, then post the answers to consumers.
+
+    producer --inference stream "echo"--> server (doubles each value) --> producer --sample stream--> consumer
+
+Every sample carries its producer and sequence number, so a consumer counts distinct samples (a relaunched
+producer starts again from 0, and its repeats count as duplicates) and checks every answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from zrl.nameresolve import names
+from zrl.streams import (
+    InferenceStreamConfig,
+    NameResolvingInferenceClient,
+    NameResolvingInferenceServer,
+    NameResolvingSampleConsumer,
+    NameResolvingSampleProducer,
+    SampleStreamConfig,
+    SocketConfig,
+)
+from zrl.workers.base import PollResult, Worker
+
+
+@dataclass(frozen=True)
+class EchoServerConfig:
+    stream: str = "echo"
+    """Name of the inference stream to serve."""
+    max_batch: int = 256
+    """Most requests answered per poll."""
+    poll_timeout_s: float = 0.05
+    """Longest wait for a request in one poll."""
+
+
+@dataclass(frozen=True)
+class EchoProducerConfig:
+    inference_stream: str = "echo"
+    """Inference stream whose servers answer each value."""
+    sample_stream: str = "samples"
+    """Sample stream the answered samples are posted to."""
+    num_samples: int = 200
+    """Samples this producer posts before it completes."""
+    batch_size: int = 20
+    """Requests sent together, then posted together, per poll."""
+    interval_s: float = 0.0
+    """Pause after each batch (to stretch a demo run)."""
+    request_timeout_s: float = 30.0
+    """Longest wait for the answers to one batch."""
+    fail_after: int = -1
+    """Raise an error once this many samples are posted (-1: never); a drill for failure handling."""
+
+
+@dataclass(frozen=True)
+class EchoConsumerConfig:
+    sample_stream: str = "samples"
+    """Sample stream to drain."""
+    expected_samples: int = 400
+    """Distinct samples (all producers together) after which the consumer completes."""
+    max_batch: int = 1024
+    """Most samples taken per poll."""
+    poll_timeout_s: float = 0.05
+    """Longest wait for a sample in one poll."""
+
+
+class EchoServer(Worker):
+    config_class = EchoServerConfig
+
+    def _configure(self, config: EchoServerConfig) -> None:
+        self.server = NameResolvingInferenceServer(
+            self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial, config.stream),
+            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.stream)
+
+    def _poll(self) -> PollResult:
+        requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
+        if not requests:
+            return PollResult()
+        self.server.respond_many([(r, {"value": 2 * int(r.payload["value"])}) for r in requests])
+        return PollResult(sample_count=len(requests), batch_count=1)
+
+    def _stats(self) -> dict[str, Any]:
+        return self.server.as_dict() if hasattr(self, "server") else {}
+
+    def _close(self) -> None:
+        if hasattr(self, "server"):
+            self.server.close()
+
+
+class EchoProducer(Worker):
+    config_class = EchoProducerConfig
+
+    def _configure(self, config: EchoProducerConfig) -> None:
+        experiment, trial = self.context.experiment, self.context.trial
+        self.client = NameResolvingInferenceClient(
+            self.name_resolver, names.inference_stream(experiment, trial, config.inference_stream),
+            name=config.inference_stream)
+        self.producer = NameResolvingSampleProducer(
+            self.name_resolver, names.sample_stream(experiment, trial, config.sample_stream),
+            SampleStreamConfig(), name=config.sample_stream)
+        self.next_seq = 0
+
+    def _poll(self) -> PollResult:
+        config = self.config
+        if self.next_seq >= config.num_samples:
+            self.producer.flush()
+            return PollResult(done=True)
+        seqs = range(self.next_seq, min(self.next_seq + config.batch_size, config.num_samples))
+        ids = self.client.post_many({"value": seq} for seq in seqs)
+        answers = self.client.wait(ids, timeout=config.request_timeout_s)
+        for seq, request_id in zip(seqs, ids, strict=True):
+            self.producer.post({"producer": self.context.worker_id, "seq": seq, "value": seq,
+                                "answer": answers[request_id]["value"]})
+        self.producer.flush()
+        self.next_seq = seqs[-1] + 1
+        if 0 <= config.fail_after <= self.next_seq:
+            raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
+        if config.interval_s:
+            time.sleep(config.interval_s)
+        return PollResult(sample_count=len(seqs), batch_count=1)
+
+    def _stats(self) -> dict[str, Any]:
+        if not hasattr(self, "producer"):
+            return {}
+        return {"posted": getattr(self, "next_seq", 0), "samples": self.producer.as_dict(),
+                "inference": self.client.as_dict()}
+
+    def _close(self) -> None:
+        if hasattr(self, "producer"):
+            self.producer.close()
+            self.client.close()
+
+
+class EchoConsumer(Worker):
+    config_class = EchoConsumerConfig
+
+    def _configure(self, config: EchoConsumerConfig) -> None:
+        self.consumer = NameResolvingSampleConsumer(
+            self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
+            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
+        self.seen: set[tuple[str, int]] = set()
+        self.duplicates = 0
+        self.wrong_answers = 0
+
+    def _poll(self) -> PollResult:
+        samples = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
+        for sample in samples:
+            key = (str(sample["producer"]), int(sample["seq"]))
+            if key in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(key)
+            if sample["answer"] != 2 * sample["value"]:
+                self.wrong_answers += 1
+        done = len(self.seen) >= self.config.expected_samples
+        return PollResult(sample_count=len(samples), batch_count=1 if samples else 0, done=done)
+
+    def _stats(self) -> dict[str, Any]:
+        if not hasattr(self, "consumer"):
+            return {}
+        return {"distinct": len(self.seen), "duplicates": self.duplicates, "wrong_answers": self.wrong_answers,
+                "samples": self.consumer.as_dict()}
+
+    def _close(self) -> None:
+        if hasattr(self, "consumer"):
+            self.consumer.close()
