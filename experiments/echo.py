@@ -4,7 +4,7 @@
 # workers.consumer.config.expected_samples = workers.producer.count * workers.producer.config.num_samples.
 
 from zrl.config import ExperimentConfig, WorkerGroupConfig
-from zrl.workers.echo import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
+from zrl.workers.echo_config import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
 
 PRODUCERS = 2
 SAMPLES_PER_PRODUCER = 200

@@ -97,6 +97,34 @@ def test_lifecycle_to_completed_and_exit(running):
         running.resolver.get(running.name)
 
 
+def test_status_is_published_in_the_name_service(running):
+    status_name = names.worker_status("exp", running.trial, "counter/0")
+
+    def published(expected: str) -> str:
+        deadline = time.monotonic() + 5
+        value = None
+        while time.monotonic() < deadline:
+            try:
+                value = running.resolver.get(status_name)
+            except NameEntryNotFoundError:
+                value = None
+            if value == expected:
+                return value
+            time.sleep(0.02)
+        raise AssertionError(f"{status_name} is {value!r}, expected {expected!r}")
+
+    assert published("READY") == "READY"
+    running.ask("configure", {"config": {"steps": 10_000, "poll_s": 0.001}})
+    running.ask("start")
+    assert published("RUNNING") == "RUNNING"
+    running.ask("pause")
+    assert published("PAUSED") == "PAUSED"
+    running.ask("exit")
+    running.thread.join(timeout=5)
+    with pytest.raises(NameEntryNotFoundError):
+        running.resolver.get(status_name)
+
+
 def test_pause_resume_and_bad_transitions(running):
     assert not running.ask("start").ok  # before configure
     assert "configure" in running.ask("start").error.message

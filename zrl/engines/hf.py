@@ -76,6 +76,17 @@ def validate_state_dict(
         raise ValueError(f"weights from {source} do not fit the model: " + "; ".join(problems))
 
 
+def pick_eos_token_id(generation_eos: int | list[int] | None, config_eos: int | list[int] | None,
+                      model_path: Path | str) -> int:
+    """The generation config's EOS id, else the model config's (the first one when there are several)."""
+    eos = generation_eos if generation_eos is not None else config_eos
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if eos is None:
+        raise ValueError(f"model {model_path} defines no eos_token_id")
+    return int(eos)
+
+
 def check_requests(requests: list[GenerationRequest], vocab_size: int) -> None:
     """Raise ValueError naming the first malformed request (by position and request_id)."""
     for index, request in enumerate(requests):
@@ -125,14 +136,8 @@ class HFEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).to(self.device)
         self.model.eval()
         self._shapes, self._optional = expected_weights(self.model.config)
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.model.config.eos_token_id
-        if isinstance(eos, list):
-            eos = eos[0]
-        if eos is None:
-            raise ValueError(f"model {model_path} defines no eos_token_id")
-        self._eos = int(eos)
+        self._eos = pick_eos_token_id(self.model.generation_config.eos_token_id, self.model.config.eos_token_id,
+                                      model_path)
         pad = self.model.config.pad_token_id
         self._pad = int(pad) if pad is not None else self._eos
         self._version = version

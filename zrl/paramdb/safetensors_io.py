@@ -135,7 +135,7 @@ def _open_checked(path: Path, expected: FileRecord):
     return handle
 
 
-def _check_digest(path: Path, hasher, expected: FileRecord) -> None:
+def _check_digest(path: Path, hasher: xxhash.xxh3_128, expected: FileRecord) -> None:
     actual = hasher.hexdigest()
     if actual != expected.checksum:
         raise CorruptVersionError(f"{path}: checksum mismatch ({CHECKSUM_NAME} {actual}, manifest says "

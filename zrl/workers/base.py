@@ -12,6 +12,9 @@ The control socket is served by its own thread, so `status`, `pause`, `resume` a
 even during a long `_poll`; pause and exit take effect when that `_poll` returns. `configure` and `start` run
 user code and are executed by the main thread between polls. After an error the worker keeps serving control,
 so the controller can read the error (type, message, traceback) from `status` before it sends `exit`.
+
+Names (keepalive entries, deleted at exit): the control address under `names.worker_control`, and the current
+status under `names.worker_status`, which the main loop republishes whenever the status changes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from zrl.config import from_plain
-from zrl.nameresolve import NameEntryNotFoundError, NameResolver, names
+from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
 from zrl.streams.control import ControlRequest, ControlServer, ErrorInfo
 
 
@@ -99,6 +102,8 @@ class Worker:
         self._last_poll = time.monotonic()
         self._started_at: float | None = None
         self._control: ControlServer | None = None
+        self._published: WorkerStatus | None = None
+        self._publish_failing = False
 
     # ---- subclass hooks ----
 
@@ -125,6 +130,10 @@ class Worker:
     def control_name(self) -> str:
         return names.worker_control(self.context.experiment, self.context.trial, self.context.worker_id)
 
+    @property
+    def status_name(self) -> str:
+        return names.worker_status(self.context.experiment, self.context.trial, self.context.worker_id)
+
     def request_exit(self) -> None:
         """Ask the loop to end; safe to call from a signal handler (the loop notices within CONTROL_POLL_S)."""
         self._exit.set()
@@ -147,6 +156,7 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._exit.is_set():
+            self._publish_status()
             if self._status == WorkerStatus.RUNNING:
                 self._drain_main_requests(block=False)
                 if self._status == WorkerStatus.RUNNING and not self._exit.is_set():
@@ -212,6 +222,22 @@ class Worker:
         self.logger.info("started")
         return self._snapshot()
 
+    def _publish_status(self) -> None:
+        # Published from the main loop, outside the lock, so a slow name service never delays control replies.
+        status = self._status
+        if status == self._published:
+            return
+        try:
+            self.name_resolver.add(self.status_name, status.value, keepalive_ttl=self.context.keepalive_ttl_s,
+                                   replace=True)
+        except NameResolveError:
+            if not self._publish_failing:
+                self.logger.warning("cannot publish status %s as %s; will retry", status.value, self.status_name,
+                                    exc_info=True)
+            self._publish_failing = True
+            return
+        self._published, self._publish_failing = status, False
+
     def _fail(self, exc: Exception, where: str) -> None:
         self.logger.exception("%s failed", where)
         with self._lock:
@@ -223,10 +249,11 @@ class Worker:
             self._close()
         except Exception:  # noqa: BLE001 - exiting anyway; the log keeps the traceback
             self.logger.exception("_close failed")
-        try:
-            self.name_resolver.delete(self.control_name)
-        except NameEntryNotFoundError:
-            pass
+        for name in (self.control_name, self.status_name):
+            try:
+                self.name_resolver.delete(name)
+            except NameEntryNotFoundError:
+                pass
         self._exit.set()
         control_thread.join(timeout=5)
         self.logger.info("exited with status %s", self._status.value)

@@ -21,9 +21,9 @@ class WorkerType:
 
 
 WORKER_TYPES: dict[str, WorkerType] = {
-    "echo_server": WorkerType("zrl.workers.echo:EchoServer", "zrl.workers.echo:EchoServerConfig"),
-    "echo_producer": WorkerType("zrl.workers.echo:EchoProducer", "zrl.workers.echo:EchoProducerConfig"),
-    "echo_consumer": WorkerType("zrl.workers.echo:EchoConsumer", "zrl.workers.echo:EchoConsumerConfig"),
+    "echo_server": WorkerType("zrl.workers.echo:EchoServer", "zrl.workers.echo_config:EchoServerConfig"),
+    "echo_producer": WorkerType("zrl.workers.echo:EchoProducer", "zrl.workers.echo_config:EchoProducerConfig"),
+    "echo_consumer": WorkerType("zrl.workers.echo:EchoConsumer", "zrl.workers.echo_config:EchoConsumerConfig"),
 }
 
 
