@@ -7,7 +7,9 @@
     Producer and consumer are separate processes; the consumer times first to last message; zrl and raw
     runs alternate and the median of each is reported.
 (b) Inference round trip of a small request: zrl IpInferenceClient.call against an InferenceServer,
-    and a raw pyzmq DEALER-ROUTER echo; server in another process, p50/p99 over many calls.
+    a raw pyzmq DEALER-ROUTER echo (the floor), and the same raw echo with the request encoded and
+    decoded by zrl.wire on both sides (what the codec alone costs); server in another process,
+    p50/p99 over many calls, median of interleaved runs.
 """
 
 from __future__ import annotations
@@ -32,20 +34,28 @@ REDIS_COUNTS = {"1 KiB": 20_000, "64 KiB": 4_000, "1 MiB": 400}
 LATENCY_CALLS = 5_000
 NOTES = """Where the time goes, and what would close the gaps:
 
-- The machine is 2 shared cores; single runs of the same case vary by +-30 % (1 MiB: 0.58x to 1.05x of raw
-  in back-to-back runs), so each sample figure is the median of interleaved runs.
+- The machine is 2 shared cores; single runs of the same case vary by +-30 % and more (1 MiB: 0.53x to
+  1.28x of raw within one series of back-to-back runs), so each figure is the median of interleaved runs.
 - 1 MiB: both sides are zero-copy; the producer alone keeps up with a raw PULL. The consumer keeps each
   batch of received frames alive until the caller drops it, which costs cache and fresh pages; draining in
-  1 MiB batches (this benchmark) is 0.8x-1.0x of raw in quiet runs, 8 MiB batches about 0.6x.
-- 1 KiB: samples are batched into 64 KiB messages, so ZeroMQ is not the limit; the Python cost of one
-  ndarray extension per sample on each side is (encode about 2 us, decode about 2 us per 1 KiB array,
-  measured in-process, plus the producer's per-post bookkeeping). Sending a batch of same-shape arrays as one stacked array would remove most of it.
-- Inference round trip: encode 3 us and decode 7 us per message (a fresh msgpack Packer with a small
-  buffer; `packb` cost 24 us), the rest is Python on both sides around each ZeroMQ call (poll, a
-  non-blocking receive loop, per-request deadline bookkeeping), about 2 x 50-100 us on this loaded
-  machine against the raw echo's two C-level calls. A persistent poller on the server and deadline
-  checks on a timer instead of per receive would trim it; reaching 1.5x needs fewer Python calls per
-  message (e.g. a single `recv_multipart` path without `poll` when a message is already waiting).
+  1 MiB batches (this benchmark) is 0.6x-1.0x of raw depending on the load, 8 MiB batches about 0.6x.
+- 1 KiB: samples are batched into 64 KiB messages, so ZeroMQ is not the limit; the cost is one msgpack
+  array extension per sample on each side. The header of a small array (dtype, shape, length) is now
+  cached per dtype and shape and decoding checks the shape in one pass: a batch of 64 1 KiB arrays
+  encodes in about 85 us instead of 142 us and decodes in 110 us instead of 158 us (in-process, best
+  of 7); over four interleaved before/after benchmark runs 1 KiB went from 0.39x-0.47x to 0.46x-0.55x of
+  raw. Sending a batch of same-shape arrays as one stacked array would remove most of the rest.
+- Inference round trip: the last two columns separate the codec from the stream. A raw DEALER-ROUTER echo
+  that encodes and decodes the same request with zrl.wire on both sides already costs most of the gap;
+  zrl is 1.1x-1.5x of it. Four codec calls per round trip (msgpack plus a numpy array each) take 2-4 us
+  apiece in a warm loop but several times that here, where each side sleeps between messages on a loaded
+  VM (measured server CPU per request: 60-90 us with the codec alone, 15-30 us for the bare echo). The
+  stream's own Python work is small: a server or a one-server client waits with one blocking receive
+  (a receive timeout) instead of poll, readiness check and receive; the deadline scan runs at most once
+  per check interval instead of on every receive; the receive loop uses plain ints instead of pyzmq's
+  enum constants. Over four interleaved before/after runs p50 went from 299-369 us (1.94x-2.15x of raw)
+  to 253-324 us (1.61x-2.10x). 1.5x of a bare echo that serialises nothing needs a cheaper codec for
+  small messages (e.g. hand-parsed array headers on decode), not fewer stream calls.
 """
 
 
@@ -207,6 +217,26 @@ def _raw_echo_server(address: str, ready: Any) -> None:
     context.term()
 
 
+def _codec_echo_server(address: str, ready: Any) -> None:
+    """A raw ROUTER echo that also decodes each request and encodes its reply with zrl.wire."""
+    import zmq
+
+    from zrl import wire
+
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.bind(address)
+    ready.set()
+    while True:
+        identity, *frames = sock.recv_multipart(copy=False)
+        body = wire.decode(frames)
+        if isinstance(body, str) and body == "stop":
+            break
+        sock.send_multipart([identity, *wire.encode(body)])
+    sock.close(0)
+    context.term()
+
+
 def _zrl_echo_server(address: str, ready: Any) -> None:
     from zrl.streams import InferenceServer
 
@@ -240,13 +270,39 @@ def _latencies_raw(address: str, calls: int) -> list[float]:
     return times
 
 
-def _latencies_zrl(address: str, calls: int) -> list[float]:
+def _request_payload() -> dict[str, Any]:
     import numpy as np
 
+    return {"prefix": np.arange(32, dtype=np.int64), "max_new_tokens": 16}  # 256 B of token ids
+
+
+def _latencies_codec(address: str, calls: int) -> list[float]:
+    import zmq
+
+    from zrl import wire
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(address)
+    payload = _request_payload()
+    times = []
+    for i in range(calls + 200):
+        start = time.perf_counter()
+        sock.send_multipart(wire.encode(payload))
+        wire.decode(sock.recv_multipart(copy=False))
+        if i >= 200:
+            times.append(time.perf_counter() - start)
+    sock.send_multipart(wire.encode("stop"))
+    sock.close(-1)
+    context.term()
+    return times
+
+
+def _latencies_zrl(address: str, calls: int) -> list[float]:
     from zrl.streams import IpInferenceClient
 
     client = IpInferenceClient(address)
-    payload = {"prefix": np.arange(32, dtype=np.int64), "max_new_tokens": 16}  # 256 B of token ids
+    payload = _request_payload()
     times = []
     for i in range(calls + 200):
         start = time.perf_counter()
@@ -300,12 +356,20 @@ def main() -> None:
     table = markdown_table(["measurement", "zrl", "raw pyzmq", "zrl / raw", "Redis list", "zrl / Redis"], rows)
 
     calls = LATENCY_CALLS // scale
-    raw_p50, raw_p99 = _latency(_raw_echo_server, _latencies_raw, calls)
-    our_p50, our_p99 = _latency(_zrl_echo_server, _latencies_zrl, calls)
+    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "zrl": [], "codec": []}
+    for _ in range(args.repeats):  # interleaved like the sample runs; the median p50 and p99 are reported
+        runs["raw"].append(_latency(_raw_echo_server, _latencies_raw, calls))
+        runs["zrl"].append(_latency(_zrl_echo_server, _latencies_zrl, calls))
+        runs["codec"].append(_latency(_codec_echo_server, _latencies_codec, calls))
+    (raw_p50, raw_p99), (our_p50, our_p99), (codec_p50, codec_p99) = (
+        (statistics.median(p50 for p50, _ in pairs), statistics.median(p99 for _, p99 in pairs))
+        for pairs in runs.values())
     latency = markdown_table(
-        ["inference round trip (256 B)", "zrl", "raw DEALER-ROUTER echo", "zrl / raw"],
-        [["p50", f"{our_p50 * 1e6:.0f} us", f"{raw_p50 * 1e6:.0f} us", f"{our_p50 / raw_p50:.2f}x"],
-         ["p99", f"{our_p99 * 1e6:.0f} us", f"{raw_p99 * 1e6:.0f} us", f"{our_p99 / raw_p99:.2f}x"]])
+        ["inference round trip (256 B)", "zrl", "raw DEALER-ROUTER echo", "zrl / raw", "raw echo + wire codec",
+         "zrl / (raw + codec)"],
+        [[name, f"{ours * 1e6:.0f} us", f"{raw * 1e6:.0f} us", f"{ours / raw:.2f}x", f"{codec * 1e6:.0f} us",
+          f"{ours / codec:.2f}x"]
+         for name, ours, raw, codec in (("p50", our_p50, raw_p50, codec_p50), ("p99", our_p99, raw_p99, codec_p99))])
     ratios = {label: float(row[3].rstrip("x")) for label, row in zip(SIZES, rows, strict=True)}
     checks = [("sample 1 MiB >= 0.85x raw bytes/s", ratios["1 MiB"] >= 0.85),
               ("sample 1 KiB >= 0.5x raw msg/s", ratios["1 KiB"] >= 0.5),

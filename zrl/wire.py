@@ -66,6 +66,10 @@ def encode(obj: Any) -> list[Frame]:
 
     def default(value: Any) -> msgpack.ExtType:
         if isinstance(value, np.ndarray):
+            if value.nbytes <= INLINE_MAX_BYTES and value.flags.c_contiguous:
+                head = _inline_head(value.dtype, value.shape)
+                if head is not None:
+                    return msgpack.ExtType(EXT_NDARRAY, head + value.tobytes())
             name = _dtype_name(value.dtype)
             return _pack_array(value, name, DTYPES[name], EXT_NDARRAY, buffers)
         if isinstance(value, np.generic):
@@ -130,7 +134,8 @@ def _decode(frames: Sequence[Any]) -> Any:
 
 
 def _dtype_name(dtype: np.dtype) -> str:
-    name = _DTYPE_NAMES.get(dtype.newbyteorder("<"))
+    # Native little-endian dtypes equal their "<" form; only others pay for the byte-order conversion.
+    name = _DTYPE_NAMES.get(dtype) or _DTYPE_NAMES.get(dtype.newbyteorder("<"))
     if name is None:
         raise WireError(f"dtype {dtype} is not allowed on the wire (allowed: {', '.join(DTYPES)})")
     return name
@@ -146,6 +151,21 @@ def _pack_array(array: np.ndarray, name: str, dtype: np.dtype, code: int, buffer
         return msgpack.ExtType(code, head + _bin_header(array.nbytes) + array.tobytes())
     buffers.append(memoryview(array.reshape(-1).view(np.uint8)))
     return msgpack.ExtType(code, head + msgpack.packb(len(buffers) - 1))
+
+
+@functools.lru_cache(maxsize=1024)
+def _inline_head(dtype: np.dtype, shape: tuple[int, ...]) -> bytes | None:
+    """The ndarray payload up to the inline data, for a wire dtype; None when the array needs converting.
+
+    Cached because small arrays are sent in bulk with few distinct shapes (one per sample of a batch).
+    """
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        return None
+    count = 1
+    for dim in shape:
+        count *= dim
+    return _ARRAY_HEAD[name] + _packed_shape(shape) + _bin_header(count * dtype.itemsize)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -179,11 +199,12 @@ def _unpack_array(code: int, name: Any, shape: Any, data: bytes | memoryview) ->
         dtype = _TENSOR_ONLY_DTYPES[name]
     if dtype is None:
         raise WireError(f"dtype {name!r} is not allowed on the wire")
-    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-            or not all(type(dim) is int and 0 <= dim < 2**48 for dim in shape)):
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
         raise WireError(f"bad array shape {shape!r}")
     count = 1
     for dim in shape:
+        if type(dim) is not int or not 0 <= dim < 2**48:
+            raise WireError(f"bad array shape {shape!r}")
         count *= dim
     size = len(data) if isinstance(data, bytes) else data.nbytes
     if count * dtype.itemsize != size:

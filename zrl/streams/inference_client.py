@@ -17,7 +17,7 @@ import zmq
 from zrl import wire
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
-from zrl.streams.sockets import StreamCounters, connect_socket, has_message, send_frames
+from zrl.streams.sockets import StreamCounters, connect_socket, has_message, receive_within, send_frames
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class InferenceClient(InferenceClientBase):
         self._payloads: dict[int, Any] = {}
         self._owner: dict[int, str] = {}
         self._poller = zmq.Poller()
+        self._next_deadline_check = 0.0
         self._set_addresses(list(addresses))
 
     @property
@@ -99,6 +100,12 @@ class InferenceClient(InferenceClientBase):
 
     def _maintain(self) -> None:
         now = time.monotonic()
+        if now < self._next_deadline_check:
+            self._flush()
+            return
+        # Scanning every outstanding request costs more than a round trip once many are in flight, so
+        # it runs at most every check interval: a late server is still found within one interval.
+        self._next_deadline_check = now + self._check_interval()
         late = [server for server in self._servers.values()
                 if any(now - sent_at > self.config.request_timeout_s for sent_at in server.outstanding.values())]
         if late:
@@ -110,6 +117,8 @@ class InferenceClient(InferenceClientBase):
         self._flush()
 
     def _pick(self, now: float) -> _Server | None:
+        if len(self._servers) == 1:
+            return next(iter(self._servers.values()))
         healthy = [server for server in self._servers.values() if server.quarantined_until <= now]
         candidates = healthy or list(self._servers.values())
         return min(candidates, key=lambda server: len(server.outstanding), default=None)
@@ -145,12 +154,20 @@ class InferenceClient(InferenceClientBase):
             self._maintain()
             remaining = deadline - time.monotonic()
             wait_ms = max(0, int(min(remaining, self._check_interval()) * 1000))
-            events = dict(self._poller.poll(wait_ms)) if self._servers else {}
-            if not self._servers and wait_ms:
+            servers = list(self._servers.values())
+            if len(servers) == 1:
+                # One server: a receive with a timeout replaces poll, readiness check and receive.
+                frames = receive_within(servers[0].socket, wait_ms)
+                if frames is not None:
+                    self._handle(servers[0], frames)
+                    self._drain(servers[0])
+            elif servers:
+                events = dict(self._poller.poll(wait_ms))
+                for server in servers:
+                    if server.socket in events:
+                        self._drain(server)
+            elif wait_ms:
                 time.sleep(wait_ms / 1000)
-            for server in list(self._servers.values()):
-                if server.socket in events:
-                    self._drain(server)
             if self._ready or time.monotonic() >= deadline:
                 return
 
@@ -159,18 +176,20 @@ class InferenceClient(InferenceClientBase):
 
     def _drain(self, server: _Server) -> None:
         while has_message(server.socket):
-            frames = server.socket.recv_multipart(copy=False)
-            try:
-                pairs = parse_batch(wire.decode(frames), RESPONSE_TAG)
-            except wire.WireError as exc:
-                self.counters.garbage("undecodable", exc)
-                continue
-            if isinstance(pairs, str):
-                self.counters.garbage("not_a_response_batch", pairs)
-                continue
-            server.quarantined_until = 0.0
-            for request_id, payload in pairs:
-                self._accept(request_id, payload)
+            self._handle(server, server.socket.recv_multipart(copy=False))
+
+    def _handle(self, server: _Server, frames: list[zmq.Frame]) -> None:
+        try:
+            pairs = parse_batch(wire.decode(frames), RESPONSE_TAG)
+        except wire.WireError as exc:
+            self.counters.garbage("undecodable", exc)
+            return
+        if isinstance(pairs, str):
+            self.counters.garbage("not_a_response_batch", pairs)
+            return
+        server.quarantined_until = 0.0
+        for request_id, payload in pairs:
+            self._accept(request_id, payload)
 
     def _accept(self, request_id: int, payload: Any) -> None:
         if request_id not in self._payloads:

@@ -116,6 +116,11 @@ class StreamCounters:
 
 # Messages read in one go before checking the clock again, so one call cannot read without end.
 _MAX_MESSAGES_PER_DRAIN = 4096
+# Plain ints: pyzmq's enum constants make every `&` and option look-up build an enum member.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
+_MAX_TIMEOUT_MS = 2**31 - 1  # ZMQ_RCVTIMEO is a C int; callers loop on longer waits
 
 
 def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: float,
@@ -130,22 +135,41 @@ def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: flo
     while len(ready) < wanted:
         got = False
         for _ in range(_MAX_MESSAGES_PER_DRAIN):
-            if len(ready) >= wanted or not has_message(sock):
+            if len(ready) >= wanted or not sock.getsockopt(_EVENTS) & _POLLIN:
                 break
             got = True
             accept(sock.recv_multipart(copy=False))
         if got:
             continue
-        remaining = deadline - time.monotonic()
-        if ready or remaining <= 0:
+        if ready:
             break
-        sock.poll(int(remaining * 1000) + 1)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        frames = receive_within(sock, int(remaining * 1000) + 1)
+        if frames is not None:
+            accept(frames)
     return [ready.popleft() for _ in range(min(wanted, len(ready)))]
+
+
+def receive_within(sock: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
+    """Receive the next message, waiting at most `timeout_ms`; None if none came.
+
+    A blocking receive with a timeout is one call into ZeroMQ, where poll, readiness check and receive
+    are three; the timeout option is only set when it changes.
+    """
+    timeout_ms = min(timeout_ms, _MAX_TIMEOUT_MS)
+    if sock.getsockopt(_RCVTIMEO) != timeout_ms:
+        sock.setsockopt(_RCVTIMEO, timeout_ms)
+    try:
+        return sock.recv_multipart(copy=False)
+    except zmq.Again:
+        return None
 
 
 def has_message(sock: zmq.Socket) -> bool:
     """Whether a message is waiting; cheaper than a non-blocking recv that raises zmq.Again."""
-    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
