@@ -65,7 +65,7 @@ class WorkerJobStatus:
 class Scheduler(abc.ABC):
     @abc.abstractmethod
     def submit(self, launches: list[WorkerLaunch]) -> None:
-        """Start the given workers (one group, or one worker being relaunched). Returns once they are submitted."""
+        """Start the given workers (whole groups, or one worker being relaunched). Returns once they are submitted."""
 
     @abc.abstractmethod
     def poll(self) -> dict[str, WorkerJobStatus]:
