@@ -112,3 +112,15 @@ def test_workers_exit_when_the_controller_is_killed(tmp_path: Path):
     while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
+    # The producer's control thread keeps answering and its name stays alive; only its _poll never returns.
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=20", "timeouts.poll_stall_s=2",
+                        "timeouts.stop_s=2")
+    assert run.wait(timeout=40) == 1, run.output
+    assert "LOST: its _poll has not returned for" in run.output
+    failed = run.output.split("error: worker ")[1].split()[0]
+    assert failed.startswith("producer/")
+    assert run.summary()["workers"][failed]["status"] == "LOST"
+    assert run.worker_pids() == {}

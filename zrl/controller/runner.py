@@ -205,6 +205,11 @@ class Controller:
                     self._failed(worker_id, "it reported ERROR",
                                  ErrorInfo.from_dict(reply.result.get("error") or {}), True)
                     continue
+                stalled_s = reply.result.get("last_poll_age_s", 0.0)
+                if (timeouts.poll_stall_s > 0 and reply.result.get("status") == "RUNNING"
+                        and stalled_s > timeouts.poll_stall_s):
+                    self._failed(worker_id, f"LOST: its _poll has not returned for {stalled_s:.1f} s", None, True)
+                    continue
             elif now - state.last_answer > timeouts.lost_after_s:
                 self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
                 continue

@@ -56,7 +56,7 @@ def validate(config: ExperimentConfig) -> None:
                           f"{', '.join(config.workers)}")
     for field in dataclasses.fields(config.timeouts):
         value = getattr(config.timeouts, field.name)
-        if value < 0 or (value == 0 and field.name != "max_run_s"):
+        if value < 0 or (value == 0 and field.name not in ("max_run_s", "poll_stall_s")):
             errors.append(f"timeouts.{field.name}: must be > 0, got {value}")
     if config.progress_interval_s < 0:
         errors.append(f"progress_interval_s: must be >= 0, got {config.progress_interval_s}")

@@ -76,6 +76,8 @@ class EchoProducer(Worker):
         self.next_seq = seqs[-1] + 1
         if 0 <= config.fail_after <= self.next_seq:
             raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
+        while 0 <= config.hang_after <= self.next_seq:
+            time.sleep(1.0)
         if config.interval_s:
             time.sleep(config.interval_s)
         return PollResult(sample_count=len(seqs), batch_count=1)

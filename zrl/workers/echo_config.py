@@ -32,6 +32,8 @@ class EchoProducerConfig:
     """Longest wait for the answers to one batch."""
     fail_after: int = -1
     """Raise an error once this many samples are posted (-1: never); a drill for failure handling."""
+    hang_after: int = -1
+    """Stop returning from _poll once this many samples are posted (-1: never); a drill for stall detection."""
 
 
 @dataclass(frozen=True)
