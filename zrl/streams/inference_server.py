@@ -13,12 +13,12 @@ import zmq
 from zrl import wire
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
-from zrl.streams.sockets import StreamCounters, bind_socket, receive_batch, send_frames
+from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, receive_batch, send_frames
 
 logger = logging.getLogger(__name__)
 
 
-class InferenceServer:
+class InferenceServer(BoundEndpoint):
     """Serves an inference stream at a fixed `address` (or a free port on `bind_host`): the Ip variant."""
 
     def __init__(self, config: InferenceStreamConfig | None = None, *, address: str | None = None,
@@ -56,20 +56,6 @@ class InferenceServer:
             sent += len(pairs)
         self.counters.add("sent", sent)
         return sent
-
-    def as_dict(self) -> dict[str, int]:
-        return self.counters.as_dict()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._socket.close(0)
-
-    def __enter__(self) -> InferenceServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _accept(self, frames: list[Any]) -> None:
         client = frames[0].bytes

@@ -11,13 +11,13 @@ import zmq
 from zrl import wire
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig
-from zrl.streams.sockets import StreamCounters, bind_socket, receive_batch
+from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, receive_batch
 
 logger = logging.getLogger(__name__)
 
 
 
-class SampleConsumer:
+class SampleConsumer(BoundEndpoint):
     """Binds a PULL socket (at `address`, or a free port on `bind_host`) and drains samples from producers."""
 
     def __init__(self, config: SampleStreamConfig | None = None, *, address: str | None = None,
@@ -32,20 +32,6 @@ class SampleConsumer:
     def consume(self, max_samples: int, timeout: float = 0.0) -> list[Any]:
         """Return up to `max_samples` samples, waiting at most `timeout` seconds for the first one."""
         return receive_batch(self._socket, self._ready, max_samples, timeout, self._accept)
-
-    def as_dict(self) -> dict[str, int]:
-        return self.counters.as_dict()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._socket.close(0)
-
-    def __enter__(self) -> SampleConsumer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _accept(self, frames: list[Any]) -> None:
         try:

@@ -7,7 +7,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -121,6 +121,31 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _MAX_TIMEOUT_MS = 2**31 - 1  # ZMQ_RCVTIMEO is a C int; callers loop on longer waits
+
+
+EndpointT = TypeVar("EndpointT", bound="BoundEndpoint")
+
+
+class BoundEndpoint:
+    """The shared tail of a stream's bound side: counters, closing its socket once, and use as a context manager."""
+
+    counters: StreamCounters
+    _socket: zmq.Socket
+    _closed: bool = False
+
+    def as_dict(self) -> dict[str, int]:
+        return self.counters.as_dict()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._socket.close(0)
+
+    def __enter__(self: EndpointT) -> EndpointT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: float,
