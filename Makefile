@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zrl-installed
-EXPERIMENT ?= experiments/echo.py
+EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
 .PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree clean
@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(PY) -m zrl.controller $(EXPERIMENT) $(ARGS)
 
 test: $(STAMP)
+	bash scripts/install-test-services.sh
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)

@@ -111,3 +111,46 @@ def test_dynamic_sampling_drops_and_counts_uniform_prompts():
     result = dynamic_sampling(batch)
     assert [t.uid for t in result.kept] == ["mixed"] * 3
     assert (result.dropped_prompts, result.dropped_all_correct, result.dropped_all_wrong) == (2, 1, 1)
+
+
+def _sampled_tree(rewards_by_first_token):
+    """One tree of prompt uid "p": width 4, first segments 1 and 2, then EOS; reward by the first token."""
+    from zrl.engines.base import GenerationResult
+    from zrl.rl.tree import TreeSampler, TreeSamplerConfig
+
+    def generate(requests):
+        out = []
+        for i, req in enumerate(requests):
+            tokens = [1 + i % 2] if len(req.prefix_ids) == 1 else [0]
+            out.append(GenerationResult(req.request_id, tokens, [-0.1] * len(tokens), eos=tokens == [0], version=0))
+        return out
+
+    sampler = TreeSampler(TreeSamplerConfig(width=4, branching=2, segment_len=1, max_depth=2), eos_token_id=0,
+                          decode=lambda ids: "")
+    (tree,) = sampler.run([("p", [9])], generate)
+    for t in tree.trajectories:
+        t.reward = rewards_by_first_token[t.response_ids[0]]
+    return tree.trajectories
+
+
+def test_two_trees_of_one_prompt_are_separate_advantage_groups():
+    first = _sampled_tree({1: 1.0, 2: -1.0})
+    second = _sampled_tree({1: -1.0, 2: -1.0})
+    # both trees number their segments from 0, so only the tree id tells them apart
+    assert [t.segment_ids for t in first] == [t.segment_ids for t in second]
+    alone = trajectory_advantages(first, AdvantageConfig()) + trajectory_advantages(second, AdvantageConfig())
+    assert trajectory_advantages(first + second, AdvantageConfig()) == pytest.approx(alone)
+
+
+def test_dynamic_sampling_judges_each_tree_of_one_prompt_on_its_own():
+    mixed = _sampled_tree({1: 1.0, 2: -1.0})
+    all_wrong = _sampled_tree({1: -1.0, 2: -1.0})
+    result = dynamic_sampling(mixed + all_wrong)
+    assert result.kept == mixed
+    assert (result.dropped_prompts, result.dropped_all_wrong) == (1, 1)
+
+
+def test_trajectories_without_a_tree_id_group_by_prompt_uid():
+    batch = [_traj("p", p, r, 2) for p, r in zip(PATHS, REWARDS, strict=True)]
+    assert all(t.tree_id == "" for t in batch)
+    assert trajectory_advantages(batch, AdvantageConfig()) == pytest.approx([1.25, -0.75, -0.25, -0.25])

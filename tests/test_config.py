@@ -114,3 +114,27 @@ def test_plain_round_trip_and_unknown_keys():
     assert from_plain(EchoProducerConfig, to_plain(config)) == config
     with pytest.raises(TypeError, match="where: unknown keys \\['bogus'\\]"):
         from_plain(EchoProducerConfig, {"bogus": 1}, "where")
+
+
+def test_an_alias_sets_every_key_it_names_and_is_documented():
+    config = echo_config(aliases={"interval": ("workers.producer.config.interval_s",),
+                                  "poll": ("workers.server.config.poll_timeout_s",
+                                           "workers.consumer.config.poll_timeout_s")})
+    config = apply_overrides(config, ["poll=0.2", "interval=1.5"])
+    assert config.workers["server"].config.poll_timeout_s == 0.2
+    assert config.workers["consumer"].config.poll_timeout_s == 0.2
+    assert config.workers["producer"].config.interval_s == 1.5
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(config, ["poll=fast", "nosuch=1"])
+    assert "poll (alias of workers.server.config.poll_timeout_s): workers.server.config.poll_timeout_s: " \
+           "expected a float, got 'fast'" in str(error.value)
+    assert "nosuch: unknown key" in str(error.value) and "aliases: interval, poll" in str(error.value)
+    assert "poll -> workers.server.config.poll_timeout_s, workers.consumer.config.poll_timeout_s" in config_help(config)
+
+
+def test_an_alias_to_a_missing_key_is_a_config_error():
+    config = echo_config(aliases={"speed": ("workers.producer.config.speed", "workers.server.config")})
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    assert "aliases.speed: 'workers.producer.config.speed' is not a key of this experiment" in str(error.value)
+    assert "aliases.speed: 'workers.server.config' is not a key" in str(error.value)

@@ -1,10 +1,15 @@
+import json
+import shutil
+
 import pytest
 import torch
 from fixtures_tiny import full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
+from safetensors.torch import save_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from zrl.engines.base import GenerationRequest, SamplingParams
 from zrl.engines.factory import make_engine
-from zrl.engines.hf import HFEngine, read_state_dict
+from zrl.engines.hf import HFEngine, HFEngineConfig, read_state_dict
 from zrl.rl.synthetic import generate_examples
 from zrl.rl.tiny_model import load_tokenizer
 
@@ -121,3 +126,99 @@ def test_factory_names_unknown_kinds_and_options(tiny_model_dir):  # noqa: F811
         make_engine("sglang", tiny_model_dir)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['batch'\] for engine 'hf'"):
         make_engine("hf", tiny_model_dir, batch=3)
+
+
+def _random_model_dir(path, tie_word_embeddings=True, eos_token_id=(1,)):
+    """A randomly initialised two-layer Qwen2 over a 50-token vocabulary, saved to `path`."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=50, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=tie_word_embeddings, eos_token_id=eos_token_id[0])
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = list(eos_token_id)
+    model.save_pretrained(path)
+    return path
+
+
+def _save_weights_like(model_dir, state, path):
+    """A model directory holding `state` with the config files of `model_dir`."""
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy(model_dir / name, path / name)
+    return path
+
+
+def _greedy(engine, prefixes, steps):
+    return [r.token_ids for r in engine.generate([GenerationRequest(p, steps, GREEDY) for p in prefixes])]
+
+
+RANDOM_PROMPTS = [[3, 4, 5], [7, 8], [10, 11, 12, 13]]
+
+
+def test_reload_keeps_tied_embeddings_and_generates_with_the_new_weights(tmp_path):
+    model_dir = _random_model_dir(tmp_path / "tied")
+    engine = HFEngine(model_dir, HFEngineConfig(device="cpu"))
+    before = _greedy(engine, RANDOM_PROMPTS, 8)
+    original = read_state_dict(model_dir)
+    assert "lm_head.weight" not in original
+    generator = torch.Generator().manual_seed(0)
+    perturbed = {k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in original.items()}
+    engine.load_weights(perturbed, version=1)
+    head, embedding = engine.model.get_output_embeddings().weight, engine.model.get_input_embeddings().weight
+    assert head.data_ptr() == embedding.data_ptr()
+    assert torch.equal(head, perturbed["model.embed_tokens.weight"])
+    reference = HFEngine(_save_weights_like(model_dir, perturbed, tmp_path / "perturbed"), HFEngineConfig(device="cpu"))
+    after = _greedy(engine, RANDOM_PROMPTS, 8)
+    assert after == _greedy(reference, RANDOM_PROMPTS, 8) and after != before
+    # a trainer's full state dict names the tied head too
+    engine.load_weights(dict(reference.model.state_dict()), version=2)
+    assert _greedy(engine, RANDOM_PROMPTS, 8) == after
+    engine.load_weights(model_dir, version=3)
+    assert _greedy(engine, RANDOM_PROMPTS, 8) == before and engine.version == 3
+
+
+def _cut_at_any(tokens, stop_ids):
+    """`tokens` through the first of `stop_ids`, and whether one was found."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i + 1], True
+    return tokens, False
+
+
+def _set_generation_eos(model_dir, eos_ids):
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = list(eos_ids)
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+
+
+def test_generation_stops_on_any_of_several_eos_ids(tmp_path):
+    # untied: a tied random model just repeats its last input token
+    model_dir = _random_model_dir(tmp_path / "eos", tie_word_embeddings=False)
+    model = HFEngine(model_dir, HFEngineConfig(device="cpu")).model
+    free_runs = [_greedy_by_full_forward(model, p, 12, eos=-1) for p in RANDOM_PROMPTS]
+    # the second id is a token the first prompt emits mid-way for the first time; the first is never emitted
+    second = next(t for i, t in enumerate(free_runs[0]) if i >= 2 and t not in free_runs[0][:i])
+    first = next(t for t in range(50) if all(t not in run for run in free_runs))
+    _set_generation_eos(model_dir, [first, second])
+
+    engine = HFEngine(model_dir, HFEngineConfig(device="cpu"))
+    assert engine.eos_token_ids == (first, second) and engine.eos_token_id == first
+    results = engine.generate([GenerationRequest(p, 12, GREEDY) for p in RANDOM_PROMPTS])
+    assert [(r.token_ids, r.eos) for r in results] == [_cut_at_any(run, {first, second}) for run in free_runs]
+    assert results[0].eos and results[0].token_ids[-1] == second and len(results[0].token_ids) >= 3
+
+
+def test_prefill_computes_logits_for_the_last_position_only(tmp_path):
+    engine = HFEngine(_random_model_dir(tmp_path / "model"), HFEngineConfig(device="cpu"))
+    shapes = []
+
+    def record(module, args, kwargs, output):
+        shapes.append(tuple(output.logits.shape))
+
+    handle = engine.model.register_forward_hook(record, with_kwargs=True)
+    try:
+        engine.generate([GenerationRequest(p, 3, GREEDY) for p in RANDOM_PROMPTS])
+    finally:
+        handle.remove()
+    assert shapes and set(shapes) == {(len(RANDOM_PROMPTS), 1, 50)}

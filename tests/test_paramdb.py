@@ -265,3 +265,34 @@ def test_returned_tensors_are_private_and_survive_gc(db: ParamDB) -> None:
     db.push("policy", filled(2.0), 2)
     assert db.gc("policy", keep_last=1) == [1]
     assert torch.equal(first["b"], filled(1.0)["b"]) and torch.equal(first["a"], filled(6.0)["a"])
+
+
+def test_gc_never_deletes_a_pinned_version(db: ParamDB) -> None:
+    for version in range(1, 6):
+        db.push("policy", filled(float(version)), version)
+    db.pin("policy", 2, "policy-0")
+    assert db.pins("policy") == {"policy-0": 2}
+    assert db.gc("policy", keep_last=1) == [1, 3, 4]
+    assert db.list_versions("policy") == [2, 5]
+    # A holder has one pin: moving it releases the old version to the next gc.
+    db.pin("policy", 5, "policy-0")
+    assert db.gc("policy", keep_last=1) == [2]
+    db.unpin("policy", "policy-0")
+    assert db.pins("policy") == {}
+    with pytest.raises(VersionNotFoundError, match="cannot pin model 'policy' version 3"):
+        db.pin("policy", 3, "policy-0")
+
+
+def test_newer_version_never_raises(tmp_path: Path) -> None:
+    class BrokenResolver:
+        def get(self, key: str) -> str:
+            raise ConnectionError("name service down")
+
+    db = ParamDB(tmp_path / "params", "exp", "t", name_resolver=BrokenResolver())
+    assert db.newer_version("policy", None) is None  # nothing pushed, no directory, name service down
+    db.push("policy", filled(1.0), 3)
+    assert db.newer_version("policy", None) == 3
+    assert db.newer_version("policy", 2) == 3
+    assert db.newer_version("policy", 3) is None
+    (db.model_dir("policy") / "latest").write_text("garbage\n")
+    assert db.newer_version("policy", None) is None

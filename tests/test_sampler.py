@@ -160,16 +160,16 @@ def test_incomplete_answer_with_eos_is_eos_stopped():
     assert tree.trajectories[0].status == "eos_stopped"
 
 
-def test_length_cap_shrinks_the_last_request_and_trims_overlong_results():
+def test_length_cap_shrinks_the_last_request():
     gen = Table(default=[1, 1, 1, 1])
     tree = sample(gen, width=1, branching=1, segment_len=4, max_depth=6, response_cap=10)
     assert [c[0].max_new_tokens for c in gen.calls] == [4, 4, 2]
     assert tree.trajectories[0].status == "length_capped"
-    assert len(tree.trajectories[0].response_ids) == 10
-    greedy = Table(default=[1, 1, 1, 1], honour_max=False)
-    tree = sample(greedy, width=1, branching=1, segment_len=4, max_depth=6, response_cap=10)
     assert tree.trajectories[0].segment_tokens == [4, 4, 2]
-    assert len(tree.trajectories[0].logprobs) == 10
+    assert len(tree.trajectories[0].response_ids) == len(tree.trajectories[0].logprobs) == 10
+    with pytest.raises(ValueError, match="has 4 tokens but its request allowed 2"):
+        sample(Table(default=[1, 1, 1, 1], honour_max=False), width=1, branching=1, segment_len=4, max_depth=6,
+               response_cap=10)
 
 
 def test_depth_cap_when_the_length_cap_is_not_reached():
@@ -335,7 +335,12 @@ def test_async_api_accepts_results_in_any_order_and_in_parts():
         assert sampler.pending_requests() == []
         sampler.on_results(results[half:])
     (tree,) = sampler.pop_finished()
-    assert [t.to_dict() for t in tree.trajectories] == [t.to_dict() for t in sync.trajectories]
+
+    def without_tree_id(t):
+        return {k: v for k, v in t.to_dict().items() if k != "tree_id"}
+
+    assert [without_tree_id(t) for t in tree.trajectories] == [without_tree_id(t) for t in sync.trajectories]
+    assert tree.tree_id != sync.tree_id
     assert sampler.pop_finished() == []
 
 
@@ -424,3 +429,59 @@ def test_config_errors_name_the_field():
         TreeSamplerConfig(split="best")
     with pytest.raises(ValueError, match="mode='beam'"):
         TreeSamplerConfig(mode="beam")
+
+
+def test_every_tree_gets_an_id_unique_across_samplers_and_repeats():
+    cfg = TreeSamplerConfig(width=2, branching=2, segment_len=1, max_depth=2)
+    first = TreeSampler(cfg, eos_token_id=EOS, decode=decode)
+    same_seed = TreeSampler(cfg, eos_token_id=EOS, decode=decode)
+    trees = first.run([("p", PROMPT)], Table(default=[EOS]))
+    trees += first.run([("p", PROMPT)], Table(default=[EOS]))
+    trees += same_seed.run([("p", PROMPT)], Table(default=[EOS]))
+    ids = [tree.tree_id for tree in trees]
+    assert all(ids) and len(set(ids)) == 3
+    for tree in trees:
+        assert {t.tree_id for t in tree.trajectories} == {tree.tree_id}
+
+
+def test_tree_ids_round_trip_and_older_dicts_without_them_still_load():
+    tree = sample(Table(default=[EOS]), width=2, branching=2, segment_len=1, max_depth=2)
+    again = TreeResult.from_dict(msgpack.unpackb(msgpack.packb(tree.to_dict())))
+    assert again.tree_id == tree.tree_id and again.trajectories[0].tree_id == tree.tree_id
+    old = tree.to_dict()
+    del old["tree_id"]
+    for t in old["trajectories"]:
+        del t["tree_id"]
+    loaded = TreeResult.from_dict(old)
+    assert loaded.tree_id == "" and loaded.trajectories[0].tree_id == ""
+
+
+def test_several_eos_ids_cut_at_the_first_of_any():
+    gen = Table([[[1, 9, 2], [EOS, 9]]], honour_max=True)
+    sampler = TreeSampler(TreeSamplerConfig(width=2, branching=2, segment_len=3, max_depth=3),
+                          eos_token_id=[EOS, 9], decode=decode)
+    (tree,) = sampler.run([("p", PROMPT)], gen)
+    assert [t.response_ids for t in tree.trajectories] == [[1, 9], [EOS]]
+    assert [t.status for t in tree.trajectories] == ["eos_stopped", "eos_stopped"]
+    assert sampler.eos_token_id == EOS
+
+
+def test_a_result_longer_than_its_request_allows_is_rejected_without_changing_state():
+    sampler = TreeSampler(TreeSamplerConfig(width=2, branching=2, segment_len=2, max_depth=2),
+                          eos_token_id=EOS, decode=decode)
+    sampler.add_prompt("p", PROMPT)
+    requests = sampler.pending_requests()
+    good = GenerationResult(requests[0].request_id, [1, 2], [-0.1, -0.1], eos=False, version=0)
+    overlong = GenerationResult(requests[1].request_id, [1, 2, 3], [-0.1] * 3, eos=False, version=0)
+    with pytest.raises(ValueError, match=f"{requests[1].request_id!r} has 3 tokens but its request allowed 2"):
+        sampler.on_results([good, overlong])
+    sampler.on_results([good, GenerationResult(requests[1].request_id, [EOS], [-0.1], eos=True, version=0)])
+    assert len(sampler.pending_requests()) == 1
+
+
+def test_independent_mode_stops_at_the_depth_cap_when_the_engine_returns_short_chunks():
+    gen = Table(default=[1])
+    tree = sample(gen, width=2, branching=2, segment_len=2, max_depth=3, response_cap=100, mode="independent")
+    assert gen.round_sizes == [2, 2, 2]
+    assert tree.stats.statuses == {"depth_capped": 2}
+    assert all(len(t.segment_ids) == 3 for t in tree.trajectories)

@@ -69,3 +69,9 @@ def test_repetition_counts_non_overlapping_occurrences():
     assert not has_repetition("a" * 9, substring_chars=2, count=8)
     assert has_repetition("x" + "0123456789abcdefghijklmnopqrstuv" * 8 + "y", substring_chars=32, count=8)
     assert not has_repetition("the quick brown fox jumps over the lazy dog", substring_chars=32, count=8)
+
+
+def test_cut_at_eos_stops_at_the_first_of_several_ids():
+    assert cut_at_eos([5, 9, 0, 6], eos_token_id={0, 9}) == (2, True)
+    assert cut_at_eos([5, 0, 9], eos_token_id=[9, 0]) == (2, True)
+    assert cut_at_eos([5, 6], eos_token_id=(0, 9)) == (2, False)

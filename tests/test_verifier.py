@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,15 @@ def sleepy_verify(predicted: str, truth: str) -> bool:
         os._exit(3)
     if predicted == "raise":
         raise ValueError("cannot parse")
+    return float(predicted) == float(truth)
+
+
+def crash_on_boom(predicted: str, truth: str) -> bool:
+    """Kills its process on the answer "boom" while the other checks, which take longer, are still running."""
+    if predicted == "boom":
+        time.sleep(0.3)
+        os._exit(1)
+    time.sleep(1.0)
     return float(predicted) == float(truth)
 
 
@@ -102,3 +112,36 @@ def test_config_and_input_errors_are_named():
         VerifierConfig(start_method="fork")
     with pytest.raises(ValueError, match="2 responses but 1 ground-truth answers"):
         Verifier(VerifierConfig()).verify_many(["a", "b"], ["c"])
+
+
+@pytest.mark.parametrize("crash_at", [0, 2])
+def test_a_crash_is_charged_only_to_the_answer_that_caused_it(crash_at):
+    # max_attempts=1: a single charge is an ERROR, so an innocent answer charged for the crash would show
+    answers = [("1", "1.0", Verdict.CORRECT), ("2", "2.5", Verdict.WRONG), ("3", "3.0", Verdict.CORRECT),
+               ("4", "4.0", Verdict.CORRECT)]
+    answers.insert(crash_at, ("boom", "0", Verdict.ERROR))
+    with Verifier(VerifierConfig(workers=3, timeout_s=30.0, max_attempts=1), verify_fn=crash_on_boom) as verifier:
+        verdicts = verifier.verify_many([f"\\boxed{{{a}}}" for a, _, _ in answers], [t for _, t, _ in answers])
+        assert verdicts == [v for _, _, v in answers]
+        assert verifier.stats.errors == 1
+        assert verifier.verify_many(["\\boxed{5}"], ["5.0"]) == [Verdict.CORRECT]
+
+
+def test_math_verify_timeout_warnings_do_not_reach_the_logs(capfd):
+    with Verifier(VerifierConfig(workers=2, timeout_s=20.0)) as verifier:
+        responses = [f"\\boxed{{\\frac{{{n}}}{{2}}}}" for n in range(1, 9)]
+        verdicts = verifier.verify_many(responses, [str(n / 2) for n in range(1, 9)])
+    assert verdicts == [Verdict.CORRECT] * 8
+    captured = capfd.readouterr()
+    assert "Timeout is disabled" not in captured.err + captured.out
+
+
+def test_only_the_timeout_warning_of_math_verify_is_silenced(caplog):
+    from zrl.rl.verifier import quiet_math_verify_timeout_warnings
+
+    quiet_math_verify_timeout_warnings()
+    with caplog.at_level(logging.WARNING):
+        for name in ("math_verify.parser", "math_verify.grader"):
+            logging.getLogger(name).warning("Timeout is disabled as timeout_seconds is None or <= 0")
+            logging.getLogger(name).warning("could not parse %s", "x^")
+    assert [r.getMessage() for r in caplog.records] == ["could not parse x^"] * 2

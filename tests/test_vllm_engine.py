@@ -113,3 +113,51 @@ def test_a_large_seeded_batch_is_served(vllm_engine, prompts):
     assert all(1 <= len(r.token_ids) == len(r.logprobs) <= 4 for r in results)
     again = vllm_engine.generate(requests[:3])
     assert [r.token_ids for r in again] == [r.token_ids for r in results[:3]]
+
+
+def _greedy_by_full_forward(model, prefix, steps):
+    tokens = []
+    with torch.no_grad():
+        for _ in range(steps):
+            tokens.append(int(model(torch.tensor([prefix + tokens])).logits[0, -1].argmax()))
+    return tokens
+
+
+def _cut_at_any(tokens, stop_ids):
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i + 1], True
+    return tokens, False
+
+
+def test_generation_stops_on_any_of_several_eos_ids(vllm_engine, tmp_path):
+    # vllm_engine only makes sure vLLM is installed; this test runs its own model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from zrl.rl.tiny_model import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    # head size 32, which vLLM's CPU attention supports; untied so the random model does not just echo its input
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    model = Qwen2ForCausalLM(config)
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("12+7=", "3*4-1=", "98-9=")]
+    free_runs = [_greedy_by_full_forward(model, p, 12) for p in prompts]
+    # the second id is a token the first prompt emits mid-way for the first time; the first is never emitted
+    second = next(t for i, t in enumerate(free_runs[0]) if i >= 2 and t not in free_runs[0][:i])
+    first = next(t for t in range(len(tokenizer)) if all(t not in run for run in free_runs))
+    model.generation_config.eos_token_id = [first, second]
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    engine = make_engine("vllm", tmp_path, dtype="float32", max_model_len=128)
+    try:
+        assert engine.eos_token_ids == (first, second) and engine.eos_token_id == first
+        results = engine.generate([GenerationRequest(p, 12, GREEDY) for p in prompts])
+    finally:
+        engine.close()
+    assert [(r.token_ids, r.eos) for r in results] == [_cut_at_any(run, {first, second}) for run in free_runs]
+    assert results[0].eos and results[0].token_ids[-1] == second and len(results[0].token_ids) >= 3

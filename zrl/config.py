@@ -108,6 +108,9 @@ class ExperimentConfig:
     """Options of the slurm scheduler."""
     workers: dict[str, WorkerGroupConfig] = field(default_factory=dict)
     """Worker groups by name."""
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Short override keys, each setting every dotted key it lists (e.g. 'model.path' sets the model of every
+    worker group); defined by the experiment file."""
 
 
 def to_plain(config: Any) -> Any:

@@ -62,7 +62,11 @@ def config_help(config: ExperimentConfig | None = None) -> str:
     base = config or ExperimentConfig(workers={"<group>": WorkerGroupConfig()})
     top = dataclasses.replace(base, workers={})
     lines = ["experiment keys:"] + [line for line in describe_fields(top) if not line.startswith("  workers.*")]
+    lines = [line for line in lines if not line.startswith("  aliases")]
     lines.append("  workers.<group>.*  " + field_docs(ExperimentConfig)["workers"])
+    if base.aliases:
+        lines.append("\naliases (one key sets several):")
+        lines += [f"  {alias} -> {', '.join(targets)}" for alias, targets in base.aliases.items()]
     for group, spec in base.workers.items():
         lines.append(f"\nworkers.{group} (type {spec.type or '<type>'}):")
         lines += describe_fields(spec, f"workers.{group}.")

@@ -33,10 +33,12 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         if not sep or not key:
             errors.append(f"{text!r}: an override must look like key=value (for example workers.producer.count=2)")
             continue
-        try:
-            config = _set(config, key.split("."), raw, [])
-        except ValueError as exc:
-            errors.append(str(exc))
+        targets = config.aliases.get(key, (key,))
+        for target in targets:
+            try:
+                config = _set(config, target.split("."), raw, [])
+            except ValueError as exc:
+                errors.append(str(exc) if target == key else f"{key} (alias of {target}): {exc}")
     if errors:
         raise ConfigError(errors)
     return config
@@ -54,7 +56,9 @@ def _set(node: Any, parts: list[str], raw: str, done: list[str]) -> Any:
     if dataclasses.is_dataclass(node):
         names = [f.name for f in dataclasses.fields(node)]
         if head not in names:
-            raise ValueError(f"{path}: unknown key; allowed: {', '.join(names)}")
+            aliases = sorted(node.aliases) if isinstance(node, ExperimentConfig) else []
+            more = f"; aliases: {', '.join(aliases)}" if aliases else ""
+            raise ValueError(f"{path}: unknown key; allowed: {', '.join(names)}{more}")
         child = getattr(node, head)
         if rest:
             if child is None:
@@ -69,6 +73,21 @@ def _set(node: Any, parts: list[str], raw: str, done: list[str]) -> Any:
         except (TypeError, ValueError) as exc:  # raised by the dataclass's own checks (__post_init__)
             raise ValueError(f"{path}: {exc}") from None
     raise ValueError(f"{path}: {'.'.join(done)} is a {type(node).__name__} value, not a section")
+
+
+def key_exists(config: ExperimentConfig, key: str) -> bool:
+    """Whether the dotted `key` names a settable leaf of `config`."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict):
+            if part not in node:
+                return False
+            node = node[part]
+        elif dataclasses.is_dataclass(node) and part in {f.name for f in dataclasses.fields(node)}:
+            node = getattr(node, part)
+        else:
+            return False
+    return not (dataclasses.is_dataclass(node) or isinstance(node, dict))
 
 
 def _keys(node: Any) -> list[str]:

@@ -46,7 +46,8 @@ def worker_launch(config: ExperimentConfig, paths: RunPaths, group: str, index: 
     argv = (sys.executable, "-m", "zrl.workers", spec.type, "--experiment", config.experiment,
             "--trial", config.trial, "--group", group, "--index", str(index),
             "--host", config.worker_host,
-            "--keepalive-ttl", f"{config.timeouts.keepalive_ttl_s:g}")
+            "--keepalive-ttl", f"{config.timeouts.keepalive_ttl_s:g}",
+            "--group-size", str(spec.count), "--run-dir", str(paths.root.resolve()))
     return WorkerLaunch(group=group, index=index, argv=argv,
                         env={"PYTHONUNBUFFERED": "1", NAME_RESOLVE_ENV: name_resolve_url(config, paths)},
                         log_path=paths.log(group, index), resources=spec.resources)

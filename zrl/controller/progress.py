@@ -1,4 +1,5 @@
-"""Concise progress lines on the terminal: workers per status, and sample and batch rates from PollResult totals."""
+"""Concise progress lines on the terminal: the figures workers publish as their headline (training step, reward,
+accuracy, ...), or else sample and batch rates from PollResult totals; and workers per status."""
 
 from __future__ import annotations
 
@@ -32,5 +33,18 @@ class Progress:
         batch_rate = (batches - self._last_batches) / span if span > 0 else 0.0
         self._last_time, self._last_samples, self._last_batches = now, samples, batches
         statuses = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+        headline = headline_text(workers)
+        if headline:
+            return f"[{elapsed_s:7.1f}s] {headline} | {statuses}"
         return (f"[{elapsed_s:7.1f}s] {statuses} | samples {samples} ({rate:.0f}/s) | "
                 f"batches {batches} ({batch_rate:.0f}/s)")
+
+
+def headline_text(workers: Mapping[str, Any]) -> str:
+    """The figures workers publish under `stats.headline` ({label: text}), in worker order, as `label text`."""
+    parts = []
+    for state in workers.values():
+        headline = (state.last_reply.get("stats") or {}).get("headline")
+        if isinstance(headline, Mapping):
+            parts += [f"{label} {text}" for label, text in headline.items()]
+    return " | ".join(parts)

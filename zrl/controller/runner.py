@@ -23,6 +23,14 @@ from typing import Any, TextIO
 from zrl.config import ExperimentConfig, to_plain
 from zrl.controller.plan import RunPaths, worker_launch
 from zrl.controller.progress import Progress
+from zrl.controller.report import (
+    CURVE_FILE,
+    accounting_text,
+    plot_learning_curve,
+    read_metrics,
+    sample_accounting,
+    training_table,
+)
 from zrl.controller.scheduler import Scheduler
 from zrl.controller.validate import group_levels
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
@@ -282,7 +290,23 @@ class Controller:
             self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
         except NameResolveError as exc:
             self._say(f"warning: could not clear the trial's names: {exc}")
-        self._write_summary(code)
+        accounting = sample_accounting({w: s.last_reply for w, s in self.workers.items()})
+        self._write_summary(code, accounting)
+        try:
+            self._report(accounting)
+        except Exception:  # noqa: BLE001 - the run is over; a broken report must not change its exit code
+            self._say(f"warning: could not write the end-of-run report:\n{traceback.format_exc().rstrip()}")
+
+    def _report(self, accounting: dict[str, Any] | None) -> None:
+        """The training table, the learning curve and the sample accounting, where the run produced them."""
+        records = read_metrics(self.paths.root / "metrics.jsonl")
+        if records:
+            self._say(training_table(records))
+            curve = plot_learning_curve(records, self.paths.root / CURVE_FILE)
+            if curve is not None:
+                self._say(f"learning curve: {curve}")
+        if accounting is not None:
+            self._say(accounting_text(accounting))
 
     def _wait_exited(self, timeout: float) -> None:
         """Give workers that were told to exit a moment to leave on their own before they are signalled."""
@@ -292,10 +316,11 @@ class Controller:
                 return
             time.sleep(0.02)
 
-    def _write_summary(self, code: int) -> None:
+    def _write_summary(self, code: int, accounting: dict[str, Any] | None) -> None:
         summary = {
             "experiment": self.config.experiment, "trial": self.config.trial, "exit_code": code,
             "elapsed_s": time.monotonic() - self.started_at, "timeline_s": self.timeline,
+            "sample_accounting": accounting,
             "workers": {w: {"status": s.status, "restarts": s.restarts, "last": s.last_reply}
                         for w, s in self.workers.items()},
         }

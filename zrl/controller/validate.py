@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from zrl.config import ExperimentConfig
-from zrl.controller.overrides import ConfigError
+from zrl.controller.overrides import ConfigError, key_exists
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.workers.registry import UnknownWorkerTypeError, config_class
 
@@ -58,6 +58,10 @@ def validate(config: ExperimentConfig) -> None:
         value = getattr(config.timeouts, field.name)
         if value < 0 or (value == 0 and field.name not in ("max_run_s", "poll_stall_s")):
             errors.append(f"timeouts.{field.name}: must be > 0, got {value}")
+    for alias, targets in config.aliases.items():
+        for target in targets:
+            if not key_exists(config, target):
+                errors.append(f"aliases.{alias}: {target!r} is not a key of this experiment")
     if config.progress_interval_s < 0:
         errors.append(f"progress_interval_s: must be >= 0, got {config.progress_interval_s}")
     if not any(".after[" in error for error in errors):

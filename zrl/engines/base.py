@@ -2,7 +2,8 @@
 
 An engine continues a batch of token-id prefixes. Each request asks for at most `max_new_tokens` new tokens; each
 result holds the new token ids, the logprob of each sampled token under the engine's weights, whether EOS was
-produced (the EOS token is then the last of `token_ids`), and the policy version of the weights that produced it.
+produced (any of the model's EOS ids; it is then the last of `token_ids`), and the policy version of the weights
+that produced it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ class Engine(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def eos_token_id(self) -> int: ...
+    def eos_token_id(self) -> int:
+        """The model's EOS id (the first one when it has several)."""
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a sequence; generation stops on any of them and reports eos."""
+        return (self.eos_token_id,)
 
     def close(self) -> None:  # noqa: B027 (an optional hook: engines without resources keep this default)
         """Release the engine's resources."""

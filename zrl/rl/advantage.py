@@ -63,15 +63,20 @@ def subgroup_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float]
     return out
 
 
+def tree_key(trajectory: Trajectory) -> str:
+    """The advantage group of a trajectory: its tree (segment ids are only unique within one), else its prompt."""
+    return trajectory.tree_id or trajectory.uid
+
+
 def trajectory_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[float]:
-    """Subgroup advantages for a batch, grouped by prompt uid; every trajectory needs its reward filled in."""
-    by_uid: dict[str, list[int]] = {}
+    """Subgroup advantages for a batch, grouped by tree; every trajectory needs its reward filled in."""
+    by_tree: dict[str, list[int]] = {}
     for i, t in enumerate(trajectories):
         if t.reward is None:
             raise ValueError(f"trajectory {i} of prompt {t.uid!r} has no reward; score it first")
-        by_uid.setdefault(t.uid, []).append(i)
+        by_tree.setdefault(tree_key(t), []).append(i)
     out = [0.0] * len(trajectories)
-    for indices in by_uid.values():
+    for indices in by_tree.values():
         advs = subgroup_advantages([trajectories[i].segment_ids for i in indices],
                                    [trajectories[i].reward for i in indices], config.aggregate,
                                    config.require_subgroup_std)
@@ -104,21 +109,21 @@ class DynamicSamplingResult:
 
     kept: list[Trajectory]
     dropped_prompts: int
-    """Prompts dropped because their rewards were all equal."""
+    """Trees (one per sampled prompt) dropped because their rewards were all equal."""
     dropped_all_correct: int
     dropped_all_wrong: int
 
 
 def dynamic_sampling(trajectories: Sequence[Trajectory], correct_threshold: float = 0.0) -> DynamicSamplingResult:
-    """Drop every prompt whose trajectories are all correct (reward > threshold) or all wrong."""
-    by_uid: dict[str, list[Trajectory]] = {}
+    """Drop every tree whose trajectories are all correct (reward > threshold) or all wrong."""
+    by_tree: dict[str, list[Trajectory]] = {}
     for t in trajectories:
         if t.reward is None:
             raise ValueError(f"a trajectory of prompt {t.uid!r} has no reward; score it first")
-        by_uid.setdefault(t.uid, []).append(t)
+        by_tree.setdefault(tree_key(t), []).append(t)
     kept: list[Trajectory] = []
     all_correct = all_wrong = 0
-    for group in by_uid.values():
+    for group in by_tree.values():
         n_correct = sum(1 for t in group if t.reward > correct_threshold)
         if n_correct == len(group):
             all_correct += 1

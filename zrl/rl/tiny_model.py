@@ -9,6 +9,7 @@ never sees a partial build.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -195,6 +196,16 @@ def build_tiny_model(cache_dir: Path | str | None = None, config: TinyModelConfi
     if (target / BUILD_INFO).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    # Processes that start together (the workers of a run) build once: the others wait here, then find it.
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / BUILD_INFO).exists():
+            return target
+        _build_locked(root, target, config)
+    return target
+
+
+def _build_locked(root: Path, target: Path, config: TinyModelConfig) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     threads = torch.get_num_threads()
     started = time.monotonic()
@@ -214,7 +225,6 @@ def build_tiny_model(cache_dir: Path | str | None = None, config: TinyModelConfi
         torch.set_num_threads(threads)
         shutil.rmtree(staging, ignore_errors=True)
     log.info("built tiny model %s in %.1fs", target, time.monotonic() - started)
-    return target
 
 
 def build_info(path: Path | str) -> dict:

@@ -2,7 +2,8 @@
 
 A call that runs past its deadline is abandoned: the pool's processes are killed and a fresh pool takes the
 remaining work, so one pathological answer can never block scoring. No signal.alarm is used anywhere: the
-timeout is enforced from the parent process.
+timeout is enforced from the parent process. A call that kills its process breaks the whole pool; when several
+calls were in flight, each of them reruns alone, so that only the answer that crashes is charged for it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class VerifierConfig:
     startup_timeout_s: float = 120.0
     """Limit for starting the pool and importing the verifier in each process."""
     max_attempts: int = 2
-    """Tries per answer when the pool breaks under it (a crashed process); then it counts as an error."""
+    """Tries per answer whose check crashes its process (found by rerunning it alone); then it is an error."""
     overlong_buffer: int = 0
     """DAPO overlong penalty buffer in tokens; 0 turns the penalty off."""
 
@@ -57,10 +58,28 @@ class Verdict(str, enum.Enum):
     ERROR = "error"
 
 
+# math-verify's loggers that warn, once per process, that its own timeout is off.
+_MATH_VERIFY_LOGGERS = ("math_verify.parser", "math_verify.grader")
+
+
+class _DropTimeoutDisabledWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+def quiet_math_verify_timeout_warnings() -> None:
+    """Drop math-verify's "Timeout is disabled" warning (the pool enforces timeouts); its other logs stay."""
+    for name in _MATH_VERIFY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTimeoutDisabledWarning) for f in logger.filters):
+            logger.addFilter(_DropTimeoutDisabledWarning())
+
+
 def math_verify_equal(predicted: str, truth: str) -> bool:
     """Whether math-verify finds the boxed contents `predicted` equal to the ground truth `truth`."""
     from math_verify import parse, verify
 
+    quiet_math_verify_timeout_warnings()
     # Timeouts inside math-verify use signal.alarm; they are off here because the pool enforces its own.
     gold = parse(f"\\boxed{{{truth}}}", parsing_timeout=None)
     pred = parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
@@ -91,7 +110,10 @@ class _Job:
     index: int
     predicted: str
     truth: str
-    attempts: int = 0
+    crashes: int = 0
+    """Times this check crashed its process while running alone."""
+    suspect: bool = False
+    """In flight when the pool broke under several checks: it runs alone from then on."""
 
 
 class Verifier:
@@ -164,61 +186,98 @@ class Verifier:
     # ---- the pool ---------------------------------------------------------------------------------------------
 
     def _run(self, jobs: collections.deque[_Job], verdicts: list[Verdict | None]) -> None:
+        suspects: collections.deque[_Job] = collections.deque()
         in_flight: dict[Future, tuple[_Job, float]] = {}
-        while jobs or in_flight:
-            pool = self._ensure_pool()
-            while jobs and len(in_flight) < self.config.workers:
-                job = jobs.popleft()
-                job.attempts += 1
-                in_flight[pool.submit(self.verify_fn, job.predicted, job.truth)] = (
-                    job, time.monotonic() + self.config.timeout_s)
-            next_deadline = min(deadline for _, deadline in in_flight.values())
-            done, _ = wait(list(in_flight), timeout=max(next_deadline - time.monotonic(), 0.0),
-                           return_when=FIRST_COMPLETED)
-            broken = False
-            for future in done:
-                job, _ = in_flight.pop(future)
-                try:
-                    verdicts[job.index] = Verdict.CORRECT if future.result() else Verdict.WRONG
-                except BrokenProcessPool:
-                    broken = True
-                    self._retry_or_fail(job, jobs, verdicts, "its verification process died")
-                except Exception as exc:  # noqa: BLE001 - any verifier failure is a wrong answer, counted
-                    self.stats.errors += 1
-                    verdicts[job.index] = Verdict.ERROR
-                    self.log.warning("verifier raised %s on answer %r (truth %r): %s", type(exc).__name__,
-                                     job.predicted[:200], job.truth[:200], exc)
-            now = time.monotonic()
-            overdue = [f for f, (_, deadline) in in_flight.items() if deadline <= now and not f.done()]
-            for future in overdue:
-                job, _ = in_flight.pop(future)
-                self.stats.timeouts += 1
-                verdicts[job.index] = Verdict.TIMEOUT
-                self.log.warning("verifier timed out after %.1fs on answer %r (truth %r); %d timeouts so far",
-                                 self.config.timeout_s, job.predicted[:200], job.truth[:200], self.stats.timeouts)
-            if overdue or broken:
-                # The other checks in flight die with the pool; they are not at fault, so they run again.
-                for job, _ in in_flight.values():
-                    job.attempts -= 1
-                    jobs.appendleft(job)
-                in_flight.clear()
-                self._kill_pool()
-                self.stats.pool_restarts += 1
+        while jobs or suspects or in_flight:
+            self._submit(jobs, suspects, in_flight)
+            crashed, overdue = self._collect(in_flight, verdicts)
+            if not crashed and not overdue:
+                continue
+            survivors = [job for job, _ in in_flight.values()]
+            in_flight.clear()
+            self._kill_pool()
+            self.stats.pool_restarts += 1
+            if crashed:
+                self._after_crash(crashed + survivors, suspects, verdicts)
+            else:
+                # The other checks in flight die with the pool; they are not at fault, so they run again first.
+                jobs.extendleft(reversed(survivors))
 
-    def _retry_or_fail(self, job: _Job, jobs: collections.deque[_Job], verdicts: list[Verdict | None],
-                       why: str) -> None:
-        if job.attempts < self.config.max_attempts:
-            jobs.append(job)
+    def _submit(self, jobs: collections.deque[_Job], suspects: collections.deque[_Job],
+                in_flight: dict[Future, tuple[_Job, float]]) -> None:
+        """Fill the pool with jobs, or, while there are suspects, run one suspect at a time and nothing else."""
+        pool = self._ensure_pool()
+        isolating = any(job.suspect for job, _ in in_flight.values())
+        if suspects and not in_flight:
+            self._submit_one(pool, suspects.popleft(), in_flight)
+        elif not suspects and not isolating:
+            while jobs and len(in_flight) < self.config.workers:
+                self._submit_one(pool, jobs.popleft(), in_flight)
+
+    def _submit_one(self, pool: ProcessPoolExecutor, job: _Job,
+                    in_flight: dict[Future, tuple[_Job, float]]) -> None:
+        future = pool.submit(self.verify_fn, job.predicted, job.truth)
+        in_flight[future] = (job, time.monotonic() + self.config.timeout_s)
+
+    def _collect(self, in_flight: dict[Future, tuple[_Job, float]],
+                 verdicts: list[Verdict | None]) -> tuple[list[_Job], list[_Job]]:
+        """Wait for the first result or deadline; returns the jobs whose pool broke and those that timed out."""
+        next_deadline = min(deadline for _, deadline in in_flight.values())
+        done, _ = wait(list(in_flight), timeout=max(next_deadline - time.monotonic(), 0.0),
+                       return_when=FIRST_COMPLETED)
+        crashed = []
+        for future in done:
+            job, _ = in_flight.pop(future)
+            if not self._record(job, future, verdicts):
+                crashed.append(job)
+        now = time.monotonic()
+        overdue = [f for f, (_, deadline) in in_flight.items() if deadline <= now and not f.done()]
+        timed_out = [in_flight.pop(f)[0] for f in overdue]
+        for job in timed_out:
+            self.stats.timeouts += 1
+            verdicts[job.index] = Verdict.TIMEOUT
+            self.log.warning("verifier timed out after %.1fs on answer %r (truth %r); %d timeouts so far",
+                             self.config.timeout_s, job.predicted[:200], job.truth[:200], self.stats.timeouts)
+        return crashed, timed_out
+
+    def _record(self, job: _Job, future: Future, verdicts: list[Verdict | None]) -> bool:
+        """Store the verdict of a finished check; False when its pool broke, so there is none."""
+        try:
+            verdicts[job.index] = Verdict.CORRECT if future.result() else Verdict.WRONG
+        except BrokenProcessPool:
+            return False
+        except Exception as exc:  # noqa: BLE001 - any verifier failure is a wrong answer, counted
+            self.stats.errors += 1
+            verdicts[job.index] = Verdict.ERROR
+            self.log.warning("verifier raised %s on answer %r (truth %r): %s", type(exc).__name__,
+                             job.predicted[:200], job.truth[:200], exc)
+        return True
+
+    def _after_crash(self, victims: list[_Job], suspects: collections.deque[_Job],
+                     verdicts: list[Verdict | None]) -> None:
+        """Charge the crash to the one check that was running, or rerun each of several alone to find the culprit."""
+        if len(victims) > 1:
+            for job in victims:
+                job.suspect = True
+            suspects.extend(victims)
+            return
+        (culprit,) = victims
+        culprit.crashes += 1
+        if culprit.crashes < self.config.max_attempts:
+            culprit.suspect = True
+            suspects.append(culprit)
             return
         self.stats.errors += 1
-        verdicts[job.index] = Verdict.ERROR
-        self.log.warning("giving up on answer %r after %d attempts: %s", job.predicted[:200], job.attempts, why)
+        verdicts[culprit.index] = Verdict.ERROR
+        self.log.warning("giving up on answer %r after it crashed its verification process %d times",
+                         culprit.predicted[:200], culprit.crashes)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is not None:
             return self._pool
         context = multiprocessing.get_context(self.config.start_method)
-        pool = ProcessPoolExecutor(max_workers=self.config.workers, mp_context=context)
+        pool = ProcessPoolExecutor(max_workers=self.config.workers, mp_context=context,
+                                   initializer=quiet_math_verify_timeout_warnings)
         self._pool = pool
         warm = [pool.submit(_warm_up, self.verify_fn) for _ in range(self.config.workers)]
         done, not_done = wait(warm, timeout=self.config.startup_timeout_s)

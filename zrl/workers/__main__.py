@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="address to bind and advertise sockets on; 'auto': this node's address")
     parser.add_argument("--keepalive-ttl", type=float, default=WorkerContext.keepalive_ttl_s,
                         help="keepalive TTL in seconds of the control-address name")
+    parser.add_argument("--group-size", type=int, default=1, help="number of workers in the group")
+    parser.add_argument("--run-dir", default="", help="run directory for the files the worker keeps")
     return parser.parse_args(argv)
 
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no name service: pass --name-resolve URL or set ${NAME_RESOLVE_ENV}", file=sys.stderr)
         return 2
     host = socket.gethostbyname(socket.gethostname()) if args.host == "auto" else args.host
-    context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl)
+    context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl,
+                            args.group_size, args.run_dir)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {context.worker_id} %(name)s: %(message)s")
     cls = worker_class(args.type)

@@ -69,6 +69,11 @@ class WorkerContext:
     """Address the control socket binds to and advertises."""
     keepalive_ttl_s: float = 5.0
     """TTL of the control-address name; the name expires this long after the process dies."""
+    group_size: int = 1
+    """Workers in this worker's group (for sharding work by index)."""
+    run_dir: str = ""
+    """The run directory `{run_root}/{experiment}/{trial}` for files the worker keeps (metrics, weights); empty:
+    the current directory."""
 
     @property
     def worker_id(self) -> str:

@@ -24,6 +24,10 @@ WORKER_TYPES: dict[str, WorkerType] = {
     "echo_server": WorkerType("zrl.workers.echo:EchoServer", "zrl.workers.echo_config:EchoServerConfig"),
     "echo_producer": WorkerType("zrl.workers.echo:EchoProducer", "zrl.workers.echo_config:EchoProducerConfig"),
     "echo_consumer": WorkerType("zrl.workers.echo:EchoConsumer", "zrl.workers.echo_config:EchoConsumerConfig"),
+    "policy": WorkerType("zrl.workers.policy:PolicyWorker", "zrl.workers.treepo_config:PolicyConfig"),
+    "rollout": WorkerType("zrl.workers.rollout:RolloutWorker", "zrl.workers.treepo_config:RolloutConfig"),
+    "trainer": WorkerType("zrl.workers.trainer:TrainerWorker", "zrl.workers.treepo_config:TrainerConfig"),
+    "evaluator": WorkerType("zrl.workers.evaluator:EvaluatorWorker", "zrl.workers.treepo_config:EvaluatorConfig"),
 }
 
 

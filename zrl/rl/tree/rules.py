@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Collection, Sequence
 
 
 def branch_total(width: int, n_done: int, n_active: int, n_finished_this_round: int, branching: int) -> int:
@@ -44,10 +45,14 @@ def softmax_split(total: int, path_logprobs: Sequence[float], temperature: float
     return [c + 1 for c in counts]
 
 
-def cut_at_eos(token_ids: Sequence[int], eos_token_id: int) -> tuple[int, bool]:
-    """Tokens to keep (through the first EOS, at any index including 0) and whether EOS was seen."""
+def cut_at_eos(token_ids: Sequence[int], eos_token_id: int | Collection[int]) -> tuple[int, bool]:
+    """Tokens to keep (through the first EOS, at any index including 0) and whether EOS was seen.
+
+    `eos_token_id` is one id or several; the first token that is any of them ends the sequence.
+    """
+    eos_ids = {eos_token_id} if isinstance(eos_token_id, numbers.Integral) else set(eos_token_id)
     for i, tok in enumerate(token_ids):
-        if tok == eos_token_id:
+        if tok in eos_ids:
             return i + 1, True
     return len(token_ids), False
 

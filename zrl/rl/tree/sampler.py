@@ -8,7 +8,9 @@ and `on_results(results)`, then collects finished trees with `pop_finished()`.
 
 from __future__ import annotations
 
+import numbers
 import random
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ class _Path:
 @dataclass
 class _Tree:
     uid: str
+    tree_id: str
     prompt_ids: list[int]
     active: list[_Path]
     done: list[Trajectory] = field(default_factory=list)
@@ -47,19 +50,29 @@ class _Tree:
 
 
 class TreeSampler:
-    """Grows one tree per prompt until it holds exactly `config.width` trajectories."""
+    """Grows one tree per prompt until it holds exactly `config.width` trajectories.
 
-    def __init__(self, config: TreeSamplerConfig, eos_token_id: int, decode: Callable[[Sequence[int]], str],
-                 has_answer: Callable[[str], bool] = has_boxed_answer):
+    `eos_token_id` is the model's EOS id, or all of them when it has several: a path ends at the first of any.
+    Every tree gets a `tree_id` that no other tree has, in this sampler or any other, even for the same prompt uid.
+    """
+
+    def __init__(self, config: TreeSamplerConfig, eos_token_id: int | Sequence[int],
+                 decode: Callable[[Sequence[int]], str], has_answer: Callable[[str], bool] = has_boxed_answer):
         self.config = config
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = _eos_ids(eos_token_id)
+        self.eos_token_id = self.eos_token_ids[0]
         self.decode = decode
         self.has_answer = has_answer
         self._rng = random.Random(config.seed)
         self._trees: dict[str, _Tree] = {}
         self._in_flight: dict[str, _Tree] = {}
+        self._max_new_tokens_of: dict[str, int] = {}
         self._finished: list[TreeResult] = []
         self._serial = 0
+        # Drawn from the OS, not from the seeded rng: samplers with equal seeds (in other processes too) must
+        # still give their trees distinct ids.
+        self._tree_id_nonce = secrets.token_hex(6)
+        self._tree_serial = 0
 
     # ---- public API -------------------------------------------------------------------------------------------
 
@@ -76,7 +89,8 @@ class TreeSampler:
             n_start = self._rng.randint(cfg.divergence_min, cfg.divergence_max)
         else:
             n_start = cfg.branching
-        self._trees[uid] = _Tree(uid, [int(t) for t in prompt_ids], [_Path() for _ in range(n_start)])
+        self._trees[uid] = _Tree(uid, self._new_tree_id(uid), [int(t) for t in prompt_ids],
+                                 [_Path() for _ in range(n_start)])
 
     @property
     def in_progress(self) -> int:
@@ -94,9 +108,11 @@ class TreeSampler:
                 self._serial += 1
                 tree.round_ids.append(request_id)
                 self._in_flight[request_id] = tree
+                max_new_tokens = self._max_new_tokens(path)
+                self._max_new_tokens_of[request_id] = max_new_tokens
                 requests.append(GenerationRequest(
                     prefix_ids=tree.prompt_ids + path.response_ids,
-                    max_new_tokens=self._max_new_tokens(path),
+                    max_new_tokens=max_new_tokens,
                     sampling=SamplingParams(temperature=self.config.temperature, top_p=self.config.top_p,
                                             seed=self._rng.randrange(2**31)),
                     request_id=request_id))
@@ -119,7 +135,12 @@ class TreeSampler:
             if len(result.logprobs) != len(result.token_ids):
                 raise ValueError(f"result {rid!r} has {len(result.token_ids)} tokens but "
                                  f"{len(result.logprobs)} logprobs")
+            limit = self._max_new_tokens_of[rid]
+            if len(result.token_ids) > limit:
+                raise ValueError(f"result {rid!r} has {len(result.token_ids)} tokens but its request allowed "
+                                 f"{limit} (max_new_tokens)")
         for result in results:
+            del self._max_new_tokens_of[result.request_id]
             tree = self._in_flight.pop(result.request_id)
             tree.received[result.request_id] = result
             if len(tree.received) == len(tree.round_ids):
@@ -145,6 +166,10 @@ class TreeSampler:
 
     # ---- one round --------------------------------------------------------------------------------------------
 
+    def _new_tree_id(self, uid: str) -> str:
+        self._tree_serial += 1
+        return f"{uid}@{self._tree_id_nonce}.{self._tree_serial}"
+
     def _max_new_tokens(self, path: _Path) -> int:
         room = self.config.cap - len(path.response_ids)
         return room if self.config.mode == "independent" else min(self.config.segment_len, room)
@@ -159,12 +184,9 @@ class TreeSampler:
         finished_this_round = 0
         for path, result in zip(paths, results, strict=True):
             tree.stats.decoded_tokens += len(result.token_ids)
-            keep, eos = cut_at_eos(result.token_ids, self.eos_token_id)
-            # An engine may also stop on a stop token other than eos_token_id; it then reports eos itself.
+            keep, eos = cut_at_eos(result.token_ids, self.eos_token_ids)
+            # An engine may also stop on a stop token other than the EOS ids; it then reports eos itself.
             eos = eos or result.eos
-            room = cfg.cap - len(path.response_ids)
-            if keep > room:
-                keep, eos = room, False
             tokens = [int(t) for t in result.token_ids[:keep]]
             path.segment_ids.append(tree.next_segment_id)
             tree.next_segment_id += 1
@@ -197,7 +219,8 @@ class TreeSampler:
             return Status.EOS_STOPPED
         if len(path.response_ids) >= cfg.cap:
             return Status.LENGTH_CAPPED
-        if cfg.mode == "tree" and len(path.segment_ids) >= cfg.max_depth:
+        # Independent mode normally ends in one round; the cap stops an engine that keeps returning short chunks.
+        if len(path.segment_ids) >= cfg.max_depth:
             return Status.DEPTH_CAPPED
         if cfg.repetition_stop and has_repetition(self.decode(segment), cfg.repetition_substring_chars,
                                                   cfg.repetition_count):
@@ -211,7 +234,7 @@ class TreeSampler:
         tree.done.append(Trajectory(
             uid=tree.uid, prompt_ids=list(tree.prompt_ids), response_ids=path.response_ids, logprobs=path.logprobs,
             segment_ids=path.segment_ids, segment_tokens=path.segment_tokens, versions=path.versions,
-            status=status.value))
+            status=status.value, tree_id=tree.tree_id))
         tree.stats.statuses[status.value] = tree.stats.statuses.get(status.value, 0) + 1
 
     def _branch(self, tree: _Tree, active: list[_Path], finished_this_round: int) -> list[_Path]:
@@ -251,7 +274,17 @@ class TreeSampler:
 
     def _complete(self, tree: _Tree) -> None:
         del self._trees[tree.uid]
-        self._finished.append(TreeResult(uid=tree.uid, trajectories=tree.done, stats=tree.stats))
+        self._finished.append(TreeResult(uid=tree.uid, trajectories=tree.done, stats=tree.stats,
+                                         tree_id=tree.tree_id))
+
+
+def _eos_ids(eos_token_id: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(eos_token_id, numbers.Integral):
+        return (int(eos_token_id),)
+    ids = tuple(int(t) for t in eos_token_id)
+    if not ids:
+        raise ValueError("TreeSampler needs at least one EOS token id")
+    return ids
 
 
 def merge_stats(stats: Sequence[TreeStats]) -> TreeStats:

@@ -38,6 +38,8 @@ class Trajectory:
     """A Status value."""
     reward: float | None = None
     """Filled in by the scorer."""
+    tree_id: str = ""
+    """Id of the tree this trajectory grew in, unique per tree; "" when unknown (then the uid stands for it)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +81,8 @@ class TreeResult:
     uid: str
     trajectories: list[Trajectory]
     stats: TreeStats
+    tree_id: str = ""
+    """Unique id of this tree; every trajectory carries it too."""
 
     @property
     def trajectory_tokens(self) -> int:
@@ -92,13 +96,13 @@ class TreeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "trajectories": [t.to_dict() for t in self.trajectories],
-                "stats": self.stats.to_dict()}
+                "stats": self.stats.to_dict(), "tree_id": self.tree_id}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TreeResult:
         data = _checked_fields(cls, data)
         return cls(uid=data["uid"], trajectories=[Trajectory.from_dict(t) for t in data["trajectories"]],
-                   stats=TreeStats.from_dict(data["stats"]))
+                   stats=TreeStats.from_dict(data["stats"]), tree_id=data.get("tree_id", ""))
 
 
 def _checked_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

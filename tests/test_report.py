@@ -1,0 +1,82 @@
+"""The end-of-run report: sample accounting, the training table, the learning curve and the progress headline."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from zrl.controller.progress import Progress, headline_text
+from zrl.controller.report import (
+    accounting_text,
+    plot_learning_curve,
+    read_metrics,
+    sample_accounting,
+    training_table,
+)
+
+
+def reply(accounting: dict | None = None, headline: dict | None = None) -> dict:
+    stats = {}
+    if accounting is not None:
+        stats["accounting"] = accounting
+    if headline is not None:
+        stats["headline"] = headline
+    return {"stats": stats}
+
+
+def test_accounting_sums_workers_and_balances():
+    totals = sample_accounting({
+        "rollout/0": reply({"produced": 80}), "rollout/1": reply({"produced": 48}), "policy/0": reply(),
+        "trainer/0": reply({"received": 112, "trained": 64, "dropped_stale": 16, "dropped_dynamic": 24,
+                            "buffered": 8})})
+    assert totals["produced"] == 128
+    assert totals["in_flight_at_stop"] == 16 + 8
+    assert totals["balanced"]
+    assert "produced 128 = trained 64 + dropped stale 16 + dropped by dynamic sampling 24 + in flight at stop 24 " \
+           "(balanced)" in accounting_text(totals)
+
+
+def test_accounting_that_does_not_add_up_says_so():
+    totals = sample_accounting({"rollout/0": reply({"produced": 10}),
+                                "trainer/0": reply({"received": 10, "trained": 4, "buffered": 0})})
+    assert not totals["balanced"]
+    assert "DOES NOT BALANCE" in accounting_text(totals)
+    assert sample_accounting({"server/0": reply(), "x/0": {}}) is None
+
+
+def write_metrics(path: Path) -> None:
+    start = time.time()
+    records = [{"kind": "eval", "step": 0, "time": start, "heldout_accuracy": 0.25}]
+    for step in range(1, 21):
+        records.append({"kind": "train", "step": step, "time": start + 3 * step, "reward_mean": -0.5 + step / 40,
+                        "accuracy": 0.25 + step / 80, "trajectories_per_s": 100.0, "staleness_mean": 1.0,
+                        "logprob_mismatch_on_policy": 2e-7})
+        if step % 10 == 0:
+            records.append({"kind": "eval", "step": step, "time": start + 3 * step + 1,
+                            "heldout_accuracy": 0.25 + step / 100})
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\nnot json\n")
+
+
+def test_training_table_and_learning_curve(tmp_path: Path):
+    write_metrics(tmp_path / "metrics.jsonl")
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(records) == 23  # the broken line is skipped
+    table = training_table(records)
+    assert "held-out accuracy: 0.250 at version 0 -> 0.450 at version 20 (best 0.450)" in table
+    assert "training: 20 steps in 1.0 min" in table and "logprob mismatch (engine vs trainer, same version) 2.00e-07" \
+        in table
+    png = plot_learning_curve(records, tmp_path / "curve.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_progress_line_shows_the_workers_headlines():
+    workers = {"trainer/0": SimpleNamespace(status="RUNNING", last_reply=reply(
+                   headline={"step": "3/10", "reward": "-0.50", "eta": "1m10s"})),
+               "evaluator/0": SimpleNamespace(status="RUNNING", last_reply=reply(headline={"heldout": "0.250@v0"})),
+               "rollout/0": SimpleNamespace(status="RUNNING", last_reply={})}
+    assert headline_text(workers) == "step 3/10 | reward -0.50 | eta 1m10s | heldout 0.250@v0"
+    line = Progress(1.0, None).line(workers, 12.0, time.monotonic())
+    assert line.startswith("[   12.0s] step 3/10 | reward -0.50") and line.endswith("| RUNNING 3")

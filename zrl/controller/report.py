@@ -1,0 +1,121 @@
+"""The end-of-run report: sample accounting from the workers' counters, and a training summary from
+`metrics.jsonl` (a table on the terminal and `learning_curve.png` in the run directory).
+
+Workers report what they count under `stats.accounting` in their status: rollout workers `produced`, trainers
+`received`, `trained`, `dropped_stale`, `dropped_dynamic` and `buffered` (all in trajectories). The run balances
+when everything received is trained, dropped or still buffered, and nothing was received that was not produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ACCOUNTING_KEYS = ("produced", "received", "trained", "dropped_stale", "dropped_dynamic", "buffered")
+CURVE_FILE = "learning_curve.png"
+
+
+def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Sum the `accounting` counters of every worker; None when no worker reports any."""
+    totals = dict.fromkeys(ACCOUNTING_KEYS, 0)
+    found = False
+    for reply in last_replies.values():
+        counters = (reply.get("stats") or {}).get("accounting")
+        if not isinstance(counters, Mapping):
+            continue
+        found = True
+        for key in ACCOUNTING_KEYS:
+            totals[key] += int(counters.get(key, 0))
+    if not found:
+        return None
+    totals["in_flight_at_stop"] = (totals["produced"] - totals["received"]) + totals["buffered"]
+    accounted = totals["trained"] + totals["dropped_stale"] + totals["dropped_dynamic"]
+    totals["balanced"] = (totals["received"] == accounted + totals["buffered"]
+                          and totals["produced"] == accounted + totals["in_flight_at_stop"])
+    return totals
+
+
+def accounting_text(totals: Mapping[str, Any]) -> str:
+    verdict = "balanced" if totals["balanced"] else "DOES NOT BALANCE"
+    return (f"samples (trajectories): produced {totals['produced']} = trained {totals['trained']} + dropped stale "
+            f"{totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']} + in flight at "
+            f"stop {totals['in_flight_at_stop']} ({verdict})")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file; a line that does not parse is skipped."""
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "kind" in record and "step" in record:
+            records.append(record)
+    return records
+
+
+def training_table(records: list[dict[str, Any]]) -> str:
+    """Held-out accuracy by version, and the training figures at the end."""
+    evals = sorted((r for r in records if r["kind"] == "eval"), key=lambda r: r["step"])
+    train = sorted((r for r in records if r["kind"] == "train"), key=lambda r: r["step"])
+    start = min(r["time"] for r in records)
+    lines = ["held-out greedy accuracy by version:", f"  {'version':>7}  {'minute':>6}  {'accuracy':>8}"]
+    lines += [f"  {r['step']:>7}  {(r['time'] - start) / 60:>6.1f}  {r['heldout_accuracy']:>8.3f}" for r in evals]
+    if train:
+        tail = train[-10:]
+        mismatch = [r["logprob_mismatch_on_policy"] for r in train if "logprob_mismatch_on_policy" in r]
+        lines.append(
+            f"training: {train[-1]['step']} steps in {(train[-1]['time'] - start) / 60:.1f} min; last 10 steps: "
+            f"reward {_mean(tail, 'reward_mean'):+.3f}, accuracy {_mean(tail, 'accuracy'):.3f}, "
+            f"{_mean(train, 'trajectories_per_s'):.0f} trajectories/s on average, staleness "
+            f"{_mean(train, 'staleness_mean'):.2f}; logprob mismatch (engine vs trainer, same version) "
+            + (f"{sum(mismatch) / len(mismatch):.2e}" if mismatch else "not measured"))
+    if len(evals) >= 2:
+        lines.append(f"held-out accuracy: {evals[0]['heldout_accuracy']:.3f} at version {evals[0]['step']} -> "
+                     f"{evals[-1]['heldout_accuracy']:.3f} at version {evals[-1]['step']} "
+                     f"(best {max(r['heldout_accuracy'] for r in evals):.3f})")
+    return "\n".join(lines)
+
+
+def plot_learning_curve(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Held-out accuracy and train reward against step and against time; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    evals = sorted((r for r in records if r["kind"] == "eval"), key=lambda r: r["step"])
+    train = sorted((r for r in records if r["kind"] == "train"), key=lambda r: r["step"])
+    start = min(r["time"] for r in records)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, x_of, label in ((axes[0], lambda r: r["step"], "step (version)"),
+                              (axes[1], lambda r: (r["time"] - start) / 60, "minutes")):
+        axis.plot([x_of(r) for r in evals], [r["heldout_accuracy"] for r in evals], "o-",
+                  label="held-out greedy accuracy")
+        axis.plot([x_of(r) for r in train], [(r["reward_mean"] + 1) / 2 for r in train], alpha=0.5,
+                  label="train accuracy (sampled)")
+        axis.set_xlabel(label)
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left")
+    figure.suptitle("learning curve")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _mean(records: list[dict[str, Any]], key: str) -> float:
+    values = [float(r[key]) for r in records if key in r and not math.isnan(float(r[key]))]
+    return sum(values) / len(values) if values else float("nan")

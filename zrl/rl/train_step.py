@@ -1,0 +1,214 @@
+"""One TreePO optimizer step on a batch of scored trajectories: collate, recompute logprobs, loss, clip, step.
+
+No sockets here: the trainer worker feeds it trees from the sample stream, the lockstep benchmark and the tests
+feed it trees from an in-process sampler. The batch is processed in micro-batches of at most
+`micro_batch_tokens` padded tokens; their losses are scaled by the batch's response-token count, so the gradient
+is the token mean over the whole batch whatever the micro-batching.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from zrl.rl.advantage import AdvantageConfig, batch_advantages
+from zrl.rl.loss import LossConfig, policy_loss
+from zrl.rl.tree.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW and gradient clipping of the policy."""
+
+    lr: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    warmup_steps: int = 5
+    """Linear learning-rate warm-up steps; then constant."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1
+                and self.warmup_steps >= 0 and self.grad_clip >= 0):
+            raise ValueError(f"invalid OptimizerConfig: {self}")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Everything one training step needs to know."""
+
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and clipping."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """How rewards become per-token advantages."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Clipping of the policy loss."""
+    micro_batch_tokens: int = 8192
+    """Most padded tokens in one forward/backward pass (bounds activation memory)."""
+
+
+@dataclass
+class Collated:
+    """A batch as right-padded tensors; response positions are marked by `mask` and shifted by one (position t
+    holds the logprob of token t+1)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+
+def collate(trajectories: Sequence[Trajectory], token_advantages: Sequence[np.ndarray], pad_id: int) -> Collated:
+    """Pad prompt + response of every trajectory to one width, aligning response tokens with their logprobs."""
+    if len(trajectories) != len(token_advantages):
+        raise ValueError(f"{len(trajectories)} trajectories but {len(token_advantages)} advantage rows")
+    width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
+    rows = len(trajectories)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    mask = torch.zeros((rows, width - 1), dtype=torch.float32)
+    behaviour = torch.zeros((rows, width - 1), dtype=torch.float32)
+    advantages = torch.zeros((rows, width - 1), dtype=torch.float32)
+    for row, (t, adv) in enumerate(zip(trajectories, token_advantages, strict=True)):
+        n_prompt, n_response = len(t.prompt_ids), len(t.response_ids)
+        if len(t.logprobs) != n_response or len(adv) != n_response:
+            raise ValueError(f"trajectory {row} of prompt {t.uid!r}: {n_response} response tokens, "
+                             f"{len(t.logprobs)} logprobs, {len(adv)} advantages")
+        input_ids[row, : n_prompt + n_response] = torch.tensor(t.prompt_ids + t.response_ids)
+        attention[row, : n_prompt + n_response] = 1
+        span = slice(n_prompt - 1, n_prompt - 1 + n_response)
+        mask[row, span] = 1.0
+        behaviour[row, span] = torch.tensor(t.logprobs, dtype=torch.float32)
+        advantages[row, span] = torch.from_numpy(np.asarray(adv, dtype=np.float32))
+    return Collated(input_ids, attention, mask, behaviour, advantages)
+
+
+def on_policy_mask(trajectories: Sequence[Trajectory], width: int, version: int | None) -> torch.Tensor:
+    """1 at the (shifted) positions of response tokens that weights of `version` generated, in `collate`'s layout.
+
+    A trajectory's segments may come from different versions (the policy reloads between rounds), so the
+    mismatch between engine and trainer is measured segment by segment.
+    """
+    out = torch.zeros((len(trajectories), width), dtype=torch.float32)
+    if version is None:
+        return out
+    for row, t in enumerate(trajectories):
+        start = len(t.prompt_ids) - 1
+        for segment_version, n_tokens in zip(t.versions, t.segment_tokens, strict=True):
+            if segment_version == version:
+                out[row, start : start + n_tokens] = 1.0
+            start += n_tokens
+    return out
+
+
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log p(token t+1 | tokens <= t) for every position t, shape [rows, width - 1]."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.gather(torch.log_softmax(logits, dim=-1), 2, input_ids[:, 1:, None]).squeeze(2)
+
+
+def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> tuple[torch.optim.Optimizer,
+                                                                              torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a linear warm-up to a constant learning rate."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                  weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+    return optimizer, schedule
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, trajectories: Sequence[Trajectory],
+               config: StepConfig, pad_id: int, on_policy_version: int | None = None) -> dict[str, float]:
+    """One optimizer step on scored `trajectories`; returns its metrics.
+
+    `on_policy_version`: the version of the weights before this step; the logprob mismatch between the engine
+    and this model is measured on the response tokens that version generated.
+    """
+    started = time.perf_counter()
+    if not trajectories:
+        raise ValueError("train_step got no trajectories")
+    advantages = batch_advantages(trajectories, config.advantage)
+    batch = collate(trajectories, advantages, pad_id)
+    on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version)
+    total_tokens = float(batch.mask.sum())
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    mismatch_sum, mismatch_tokens = 0.0, 0.0
+    groups = _micro_batches(batch.attention_mask, config.micro_batch_tokens)
+    for rows in groups:
+        width = int(batch.attention_mask[rows].sum(1).max())
+        ids, attention = batch.input_ids[rows, :width], batch.attention_mask[rows, :width]
+        mask = batch.mask[rows, : width - 1]
+        logp = token_logprobs(model, ids, attention)
+        behaviour = batch.behaviour_logprobs[rows, : width - 1]
+        loss, metrics = policy_loss(logp, behaviour, batch.advantages[rows, : width - 1], mask, config.loss,
+                                    token_count=total_tokens)
+        loss.backward()
+        n = float(mask.sum())
+        for key, value in metrics.items():
+            if key.endswith("_max"):
+                sums[key] = max(sums.get(key, -math.inf), value)
+            elif key not in ("tokens", "loss"):
+                sums[key] = sums.get(key, 0.0) + value * n
+        sums["loss"] = sums.get("loss", 0.0) + metrics["loss"]
+        with torch.no_grad():
+            on_mask = mask * on_policy[rows, : width - 1]
+            mismatch_sum += float(((logp.detach() - behaviour).abs() * on_mask).sum())
+            mismatch_tokens += float(on_mask.sum())
+    grad_norm = _clip(model, config.optimizer.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    out = {key: value if key.endswith("_max") or key == "loss" else value / total_tokens
+           for key, value in sums.items()}
+    rewards = [float(t.reward) for t in trajectories if t.reward is not None]
+    out.update({
+        "grad_norm": grad_norm,
+        "lr": float(scheduler.get_last_lr()[0]),
+        "tokens": total_tokens,
+        "trajectories": float(len(trajectories)),
+        "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
+        "accuracy": float(np.mean([r > 0 for r in rewards])) if rewards else 0.0,
+        "on_policy_tokens": mismatch_tokens,
+        "micro_batches": float(len(groups)),
+        "time_train_s": time.perf_counter() - started,
+    })
+    if mismatch_tokens:
+        out["logprob_mismatch_on_policy"] = mismatch_sum / mismatch_tokens
+    return out
+
+
+def _micro_batches(attention: torch.Tensor, max_tokens: int) -> list[list[int]]:
+    """Rows grouped by length so that rows * longest row stays within `max_tokens` per group."""
+    lengths = attention.sum(1).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for row in order:
+        if current and (len(current) + 1) * lengths[row] > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(row)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))

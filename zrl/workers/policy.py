@@ -1,0 +1,140 @@
+"""The policy worker: hosts a generation engine and serves the inference stream.
+
+Each poll it takes the waiting requests of every rollout worker (up to `max_batch`), answers them with one engine
+call, and stamps every response with the version of the weights that produced it. Between polls it asks the
+parameter DB whether a newer version was published (the name service announces pushes) and loads it in place,
+without restarting the engine. The version it is loading is pinned, so garbage collection cannot delete it.
+
+Request payload: {"prefix": [int], "max_new_tokens": int, "temperature": float, "top_p": float, "seed": int|None}.
+Response payload: {"tokens": [int], "logprobs": [float], "eos": bool, "version": int}, or {"error": str} for a
+request the engine refused (the other requests of the batch are still answered).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from zrl.engines.base import GenerationRequest, SamplingParams
+from zrl.nameresolve import names
+from zrl.paramdb import ParamDBError, VersionNotFoundError
+from zrl.streams import InferenceStreamConfig, NameResolvingInferenceServer, Request, SocketConfig
+from zrl.workers.base import PollResult, Worker
+from zrl.workers.treepo_common import model_path, open_paramdb, set_threads
+from zrl.workers.treepo_config import PolicyConfig
+
+
+def request_from_payload(payload: Any, request_id: str) -> GenerationRequest:
+    """A GenerationRequest from a wire payload; ValueError says which field is wrong."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"payload is a {type(payload).__name__}, not a dict")
+    try:
+        prefix = [int(t) for t in payload["prefix"]]
+        max_new = int(payload["max_new_tokens"])
+        seed = payload.get("seed")
+        sampling = SamplingParams(float(payload.get("temperature", 1.0)), float(payload.get("top_p", 1.0)),
+                                  None if seed is None else int(seed))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed generation request: {type(exc).__name__}: {exc}") from None
+    return GenerationRequest(prefix, max_new, sampling, request_id)
+
+
+class PolicyWorker(Worker):
+    config_class = PolicyConfig
+
+    def _configure(self, config: PolicyConfig) -> None:
+        from zrl.engines.factory import make_engine
+
+        set_threads(config.threads)
+        self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
+        self.pin_holder = self.context.worker_id.replace("/", "-")
+        self.engine = make_engine(config.engine.kind, model_path(config.model), version=0,
+                                  **config.engine.engine_kwargs())
+        self.server = NameResolvingInferenceServer(
+            self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial,
+                                                       config.inference_stream),
+            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream)
+        self.next_version_check = 0.0
+        self.failed_version = -1
+        self.counts = {"requests": 0, "refused": 0, "engine_calls": 0, "reloads": 0, "reload_failures": 0}
+        self.generate_s = 0.0
+        self.reload_s = 0.0
+
+    def _poll(self) -> PollResult:
+        # The first poll checks at once, so a restarted policy worker serves the newest weights, not the initial.
+        self._load_newer()
+        requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
+        if not requests:
+            return PollResult()
+        answers: dict[int, Any] = {}
+        good: list[tuple[Request, GenerationRequest]] = []
+        for request in requests:
+            try:
+                good.append((request, request_from_payload(request.payload, str(request.id))))
+            except ValueError as exc:
+                answers[request.id] = {"error": str(exc)}
+        if good:
+            self._generate(good, answers)
+        self.server.respond_many([(request, answers[request.id]) for request in requests])
+        self.counts["requests"] += len(requests)
+        return PollResult(sample_count=len(requests), batch_count=1)
+
+    def _generate(self, batch: list[tuple[Request, GenerationRequest]], answers: dict[int, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.engine.generate([generation for _, generation in batch])
+        except ValueError as exc:
+            # One bad request must not cost the others their answers: retry one by one to isolate it.
+            if len(batch) == 1:
+                self.counts["refused"] += 1
+                answers[batch[0][0].id] = {"error": str(exc)}
+                return
+            for item in batch:
+                self._generate([item], answers)
+            return
+        self.generate_s += time.perf_counter() - started
+        self.counts["engine_calls"] += 1
+        for (request, _), result in zip(batch, results, strict=True):
+            answers[request.id] = {"tokens": result.token_ids, "logprobs": result.logprobs, "eos": result.eos,
+                                   "version": result.version}
+
+    def _load_newer(self) -> None:
+        now = time.monotonic()
+        if now < self.next_version_check:
+            return
+        self.next_version_check = now + self.config.version_check_s
+        model = self.config.model.name
+        version = self.paramdb.newer_version(model, max(self.engine.version, self.failed_version))
+        if version is None:
+            return
+        started = time.perf_counter()
+        try:
+            self.paramdb.pin(model, version, self.pin_holder)
+            loaded = self.paramdb.fetch(model, version, as_path=self.config.engine.kind == "vllm")
+            self.engine.load_weights(loaded.path if loaded.state_dict is None else loaded.state_dict, version)
+        except VersionNotFoundError as exc:
+            self.logger.info("version %d vanished before it was loaded (%s); a newer one follows", version, exc)
+            return
+        except (ParamDBError, ValueError, OSError) as exc:
+            self.counts["reload_failures"] += 1
+            self.failed_version = version
+            self.logger.error("cannot load model %r version %d, still serving version %d: %s", model, version,
+                              self.engine.version, exc)
+            return
+        self.reload_s += time.perf_counter() - started
+        self.counts["reloads"] += 1
+        self.logger.info("serving version %d (loaded in %.3f s)", version, time.perf_counter() - started)
+
+    def _stats(self) -> dict[str, Any]:
+        if not hasattr(self, "server"):
+            return {}
+        return {**self.counts, "version": self.engine.version, "generate_s": round(self.generate_s, 3),
+                "reload_s": round(self.reload_s, 3), "stream": self.server.as_dict()}
+
+    def _close(self) -> None:
+        if hasattr(self, "server"):
+            self.server.close()
+        if hasattr(self, "engine"):
+            self.engine.close()
+        if hasattr(self, "paramdb"):
+            self.paramdb.unpin(self.config.model.name, self.pin_holder)

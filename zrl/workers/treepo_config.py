@@ -1,0 +1,175 @@
+"""Config types of the TreePO workers (policy, rollout, trainer, evaluator), in a module of their own so the
+controller reads them without importing torch or the workers.
+
+Fields that several workers must agree on (the model, the stream names, the parameter DB) appear in each worker's
+config; an experiment file keeps them equal, and its `aliases` let one override set them all (`model.path=...`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zrl.rl.advantage import AdvantageConfig
+from zrl.rl.datasets import DatasetConfig
+from zrl.rl.loss import LossConfig
+from zrl.rl.synthetic import ArithmeticConfig
+from zrl.rl.tree.config import TreeSamplerConfig
+from zrl.rl.verifier import VerifierConfig
+
+EngineKind = Literal["hf", "vllm"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights a worker starts from, and where trained versions are published."""
+
+    path: str = ""
+    """A model directory (config, safetensors, tokenizer); empty: the tiny built-in model, built and cached."""
+    paramdb_root: str = ""
+    """Root of the parameter DB; empty: the run root, so versions land in the run directory."""
+    name: str = "policy"
+    """Model name in the parameter DB."""
+
+
+@dataclass(frozen=True)
+class ProblemSource:
+    """Where problems come from: the synthetic arithmetic generator or a jsonl/parquet file."""
+
+    kind: Literal["synthetic", "file"] = "synthetic"
+    """'synthetic' (generated arithmetic) or 'file' (a jsonl/parquet dataset; see `file.*`)."""
+    count: int = 20000
+    """Synthetic problems to generate (kind=synthetic)."""
+    split: Literal["train", "heldout"] = "train"
+    """Synthetic split (kind=synthetic); the two splits never share a problem."""
+    seed: int = 0
+    """Seed of the synthetic generator."""
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    """Difficulty of synthetic problems."""
+    file: DatasetConfig = field(default_factory=DatasetConfig)
+    """The dataset file and its field layout (kind=file)."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Settings of the generation engine of a policy or evaluator worker."""
+
+    kind: EngineKind = "hf"
+    """'hf' (transformers, anywhere) or 'vllm' (vLLM; its CPU build on a machine without a GPU)."""
+    dtype: str = "float32"
+    """Weights dtype of the engine: float32, bfloat16, float16 or auto."""
+    device: str = "auto"
+    """torch device of the hf engine; auto: cuda when available, else cpu."""
+    max_model_len: int = 512
+    """vLLM: longest prompt + response in tokens."""
+    block_size: int | None = None
+    """vLLM: KV cache block size (None: vLLM's default)."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM on a GPU: the fraction of its memory vLLM may take."""
+    seed: int = 0
+    """Seed of the engine's own sampler."""
+
+    def engine_kwargs(self) -> dict[str, object]:
+        """Options for `zrl.engines.factory.make_engine` of this kind."""
+        if self.kind == "hf":
+            return {"device": self.device, "dtype": self.dtype, "seed": self.seed}
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len, "block_size": self.block_size,
+                "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    model: ModelSource = field(default_factory=ModelSource)
+    """The starting weights and the parameter DB to follow."""
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    """The generation engine."""
+    inference_stream: str = "policy"
+    """Inference stream this worker serves."""
+    max_batch: int = 256
+    """Most requests (from all rollout workers) answered by one engine call."""
+    poll_timeout_s: float = 0.05
+    """Longest wait for requests in one poll."""
+    version_check_s: float = 0.2
+    """Seconds between checks for a newer version in the parameter DB."""
+    threads: int = 1
+    """torch CPU threads of this process (0: torch's default)."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    model: ModelSource = field(default_factory=ModelSource)
+    """The model whose tokenizer encodes prompts and decodes answers; its parameter DB tells the trainer's version."""
+    problems: ProblemSource = field(default_factory=ProblemSource)
+    """The training problems; each rollout worker takes its shard (index mod count)."""
+    tree: TreeSamplerConfig = field(default_factory=TreeSamplerConfig)
+    """TreePO sampling (w, l, d, b, ...)."""
+    verifier: VerifierConfig = field(default_factory=lambda: VerifierConfig(workers=1))
+    """Answer checking."""
+    inference_stream: str = "policy"
+    """Inference stream of the policy workers."""
+    sample_stream: str = "trees"
+    """Sample stream the scored trees are posted to."""
+    trees_in_flight: int = 16
+    """Trees sampled at the same time by this worker."""
+    max_staleness: int = 2
+    """Do not run further ahead of the trainer than this many versions (samples beyond would be dropped)."""
+    prompts_per_step: int = 8
+    """The trainer's trees per step (to know how many trees a version consumes)."""
+    dynamic_sampling: bool = False
+    """Count only trees with mixed rewards towards the trainer's need (as the trainer drops the others)."""
+    shuffle_seed: int = 0
+    """Seed of the per-epoch shuffle of this worker's shard."""
+    request_timeout_s: float = 120.0
+    """A policy worker that leaves a request unanswered this long is presumed dead."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model: ModelSource = field(default_factory=ModelSource)
+    """The starting weights and where versions are pushed."""
+    sample_stream: str = "trees"
+    """Sample stream the trees arrive on."""
+    total_steps: int = 200
+    """Optimizer steps; the run ends after the last."""
+    prompts_per_step: int = 8
+    """Trees (prompts, each with w trajectories) per optimizer step."""
+    push_every: int = 1
+    """Push weights to the parameter DB every this many steps (and after the last)."""
+    max_staleness: int = 2
+    """Drop trees whose oldest segment is more than this many versions older than the weights being trained."""
+    lr: float = 2e-4
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 5
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    micro_batch_tokens: int = 8192
+    """Most padded tokens per forward/backward pass."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """Subgroup advantages, whitening and dynamic sampling."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Clip ranges of the loss."""
+    keep_versions: int = 4
+    """Versions kept in the parameter DB (older ones are garbage-collected; pinned and tagged ones stay)."""
+    seed: int = 0
+    """torch seed of the trainer."""
+    threads: int = 1
+    """torch CPU threads of this process (0: torch's default)."""
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    model: ModelSource = field(default_factory=ModelSource)
+    """The starting weights (version 0) and the parameter DB whose versions are evaluated."""
+    problems: ProblemSource = field(default_factory=lambda: ProblemSource(split="heldout", count=200))
+    """The fixed held-out set, the same every evaluation."""
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    """The engine that answers the held-out problems (greedy)."""
+    eval_every: int = 10
+    """Evaluate a version at least this many versions after the previous evaluation (and the final one)."""
+    max_new_tokens: int = 64
+    """Longest greedy answer."""
+    threads: int = 1
+    """torch CPU threads of this process (0: torch's default)."""
