@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check zrl tests benchmarks experiments
 
-bench: bench-streams bench-controller bench-paramdb bench-tree
+bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap
 
 bench-streams: $(STAMP)
 	$(PY) benchmarks/streams.py
@@ -36,6 +36,12 @@ bench-paramdb: $(STAMP)
 
 bench-tree: $(STAMP)
 	$(PY) benchmarks/tree_sampling.py
+
+bench-sync: $(STAMP)
+	$(PY) benchmarks/weight_sync.py $(ARGS)
+
+bench-overlap: $(STAMP)
+	$(PY) benchmarks/overlap.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -44,6 +44,9 @@ def test_accounting_that_does_not_add_up_says_so():
     assert not totals["balanced"]
     assert "DOES NOT BALANCE" in accounting_text(totals)
     assert sample_accounting({"server/0": reply(), "x/0": {}}) is None
+    # More received than any rollout produced is not balanced either.
+    assert not sample_accounting({"rollout/0": reply({"produced": 0}),
+                                  "trainer/0": reply({"received": 10, "trained": 10})})["balanced"]
 
 
 def write_metrics(path: Path) -> None:

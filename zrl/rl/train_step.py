@@ -31,7 +31,7 @@ class OptimizerConfig:
     """AdamW weight decay."""
     beta1: float = 0.9
     """AdamW beta1."""
-    beta2: float = 0.99
+    beta2: float = 0.999
     """AdamW beta2."""
     warmup_steps: int = 5
     """Linear learning-rate warm-up steps; then constant."""
@@ -183,6 +183,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
         "accuracy": float(np.mean([r > 0 for r in rewards])) if rewards else 0.0,
         "on_policy_tokens": mismatch_tokens,
+        "behaviour_logprob_mean": float((batch.behaviour_logprobs * batch.mask).sum()) / total_tokens,
         "micro_batches": float(len(groups)),
         "time_train_s": time.perf_counter() - started,
     })

@@ -183,10 +183,12 @@ class RolloutWorker(Worker):
                 "epoch": epoch, "gen_s": gen_s, "reward_s": time.perf_counter() - started}
 
     def _post_scored(self) -> int:
-        done = [future for future in self.scored if future.done()]
+        done, pending = [], []
+        for future in self.scored:
+            (done if future.done() else pending).append(future)
         if not done:
             return 0
-        self.scored = [future for future in self.scored if not future.done()]
+        self.scored = pending
         trajectories = 0
         for future in done:
             sample = future.result()  # a scoring error fails the worker loudly, with its traceback

@@ -89,7 +89,7 @@ class PolicyConfig:
     """Most requests (from all rollout workers) answered by one engine call."""
     poll_timeout_s: float = 0.05
     """Longest wait for requests in one poll."""
-    version_check_s: float = 0.2
+    version_check_s: float = 0.02
     """Seconds between checks for a newer version in the parameter DB."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
