@@ -10,9 +10,10 @@ from zrl.config import ControllerTimeouts, ExperimentConfig, Resources, WorkerGr
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
-TOTAL_STEPS = 120
+TOTAL_STEPS = 400
 PROMPTS_PER_STEP = 8
 MAX_STALENESS = 2
+LEARNING_RATE = 3e-5
 
 GROUPS = ("policy", "rollout", "trainer", "evaluator")
 
@@ -63,12 +64,12 @@ def experiment() -> ExperimentConfig:
             "trainer": WorkerGroupConfig(
                 type="trainer", resources=Resources(cpus=1, memory_mb=4096),
                 config=TrainerConfig(total_steps=TOTAL_STEPS, prompts_per_step=PROMPTS_PER_STEP,
-                                     max_staleness=MAX_STALENESS)),
-            "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(),
+                                     max_staleness=MAX_STALENESS, lr=LEARNING_RATE)),
+            "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=40),
                                            resources=Resources(cpus=1, memory_mb=2048)),
             "rollout": WorkerGroupConfig(
                 type="rollout", after=("policy", "trainer", "evaluator"), resources=Resources(cpus=1, memory_mb=2048),
-                config=RolloutConfig(tree=TreeSamplerConfig(width=8, segment_len=8, max_depth=8),
+                config=RolloutConfig(tree=TreeSamplerConfig(width=16, segment_len=16, max_depth=4),
                                      prompts_per_step=PROMPTS_PER_STEP, max_staleness=MAX_STALENESS)),
         },
     )

@@ -154,3 +154,34 @@ def test_trajectories_without_a_tree_id_group_by_prompt_uid():
     batch = [_traj("p", p, r, 2) for p, r in zip(PATHS, REWARDS, strict=True)]
     assert all(t.tree_id == "" for t in batch)
     assert trajectory_advantages(batch, AdvantageConfig()) == pytest.approx([1.25, -0.75, -0.25, -0.25])
+
+
+def test_segment_credit_scores_each_segment_against_the_prefix_it_continues():
+    from zrl.rl.advantage import segment_advantages
+
+    # Paths [a,c], [a,d], [b,e], [b,e'] with rewards 1, -1, -1, -1 (the treepo.md example).
+    values = segment_advantages([[0, 1], [0, 2], [3, 4], [3, 5]], [1.0, -1.0, -1.0, -1.0])
+    # First segments against the whole tree (mean -0.5); second ones against their siblings.
+    assert values == [[1.5, 1.0], [-0.5, -1.0], [-0.5, 0.0], [-0.5, 0.0]]
+    # A segment without siblings keeps the deepest baseline that has more than one member.
+    assert segment_advantages([[0, 1, 2], [0, 3, 4]], [1.0, -1.0]) == [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]
+
+
+def test_segment_credit_reaches_every_token_and_is_whitened():
+    from zrl.rl.advantage import AdvantageConfig, batch_advantages
+    from zrl.rl.tree.trajectory import Trajectory
+
+    def traj(segments, tokens, reward):
+        n = sum(tokens)
+        return Trajectory(uid="p", prompt_ids=[1], response_ids=[2] * n, logprobs=[0.0] * n, segment_ids=segments,
+                          segment_tokens=tokens, versions=[0] * len(segments), status="finished", reward=reward,
+                          tree_id="t")
+
+    batch = [traj([0, 1], [2, 3], 1.0), traj([0, 2], [2, 1], -1.0)]
+    raw = batch_advantages(batch, AdvantageConfig(credit="segment", whiten=False))
+    # The shared first segment nets to zero over the two; the second segments carry the difference.
+    assert raw[0].tolist() == [1.0] * 5 and raw[1].tolist() == [-1.0] * 3
+    whitened = np.concatenate(batch_advantages(batch, AdvantageConfig(credit="segment")))
+    assert abs(whitened.mean()) < 1e-9 and abs(whitened.std() - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="credit='tokens' must be 'trajectory' or 'segment'"):
+        AdvantageConfig(credit="tokens")

@@ -222,3 +222,26 @@ def test_prefill_computes_logits_for_the_last_position_only(tmp_path):
     finally:
         handle.remove()
     assert shapes and set(shapes) == {(len(RANDOM_PROMPTS), 1, 50)}
+
+
+def test_batched_sampling_follows_temperature_and_top_p_row_by_row():
+    from zrl.engines.hf import sample_rows
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]))
+    logits = torch.nan_to_num(logits, neginf=-1e9)
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    temperatures, top_ps = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.5, 1.0])
+    counts = torch.zeros(3, 4)
+    for _ in range(4000):
+        picked = sample_rows(logits, temperatures, top_ps, generators)
+        counts[torch.arange(3), picked] += 1
+    frequencies = counts / 4000
+    assert torch.allclose(frequencies[0], torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03)
+    # top_p=0.5 keeps the two likeliest tokens (0.4 + 0.3), renormalised.
+    assert torch.allclose(frequencies[1], torch.tensor([0.0, 0.0, 3 / 7, 4 / 7]), atol=0.03)
+    assert frequencies[2].tolist() == [1.0, 0.0, 0.0, 0.0]  # temperature 0 is greedy
+    # A row's draws depend only on its own generator, not on the rows beside it.
+    alone = [int(sample_rows(logits[:1], temperatures[:1], top_ps[:1], [torch.Generator().manual_seed(9)]))
+             for _ in range(1)]
+    together = sample_rows(logits, temperatures, top_ps, [torch.Generator().manual_seed(9)] + generators[1:])
+    assert int(together[0]) == alone[0]

@@ -38,6 +38,8 @@ from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
+QUIESCE_S = 10.0
+"""Longest wait at the end of a run for paused workers to finish the poll they are in."""
 
 
 class WorkerFailure(Exception):
@@ -271,9 +273,8 @@ class Controller:
         """Stop every worker (exit, then signals), clear the trial's names and write the summary."""
         connected = [w for w in self.client.workers if not self.workers[w].exiting]
         if connected:
-            for reply in self.client.request(connected, "status", timeout=1.0).values():
-                if reply.ok:
-                    self._record(reply)
+            # After a failure, stopping promptly matters more than exact final counters.
+            self._quiesce(connected, QUIESCE_S if code == 0 else 1.0)
         lost = [w for w, s in self.workers.items() if s.status == "LOST"]
         if lost:
             self.scheduler.stop(lost, timeout=0)  # a hung process would not act on exit or SIGTERM anyway
@@ -307,6 +308,21 @@ class Controller:
                 self._say(f"learning curve: {curve}")
         if accounting is not None:
             self._say(accounting_text(accounting))
+
+    def _quiesce(self, worker_ids: list[str], bound_s: float) -> None:
+        """Pause the running workers and wait (a bounded time) for their current polls to return, so the final
+        counters of all workers describe one moment and the sample accounting can balance."""
+        self.client.request(worker_ids, "pause", timeout=1.0)  # COMPLETED and ERROR workers refuse; that is fine
+        deadline = time.monotonic() + bound_s
+        while True:
+            replies = self.client.request(worker_ids, "status", timeout=1.0)
+            for reply in replies.values():
+                if reply.ok:
+                    self._record(reply)
+            busy = [w for w, r in replies.items() if r.ok and r.result.get("in_poll")]
+            if not busy or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def _wait_exited(self, timeout: float) -> None:
         """Give workers that were told to exit a moment to leave on their own before they are signalled."""

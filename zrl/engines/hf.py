@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from zrl.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
+from zrl.engines.base import Engine, GenerationRequest, GenerationResult
 
 
 @dataclass(frozen=True)
@@ -110,17 +110,26 @@ def check_requests(requests: list[GenerationRequest], vocab_size: int) -> None:
             )
 
 
-def _pick(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:
-    """Choose the next token from one row of logits: greedy at temperature 0, else temperature + top-p sampling."""
-    if sampling.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p < 1:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-        filtered = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        probs = filtered / filtered.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
+def sample_rows(logits: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.Tensor,
+                generators: list[torch.Generator]) -> torch.Tensor:
+    """The next token of every row: greedy where the temperature is 0, else temperature + top-p sampling.
+
+    One uniform number per row comes from that row's own generator (so a seeded request samples the same tokens
+    whatever else is in the batch); the tokens are then drawn for all rows at once by inverting the CDF.
+    """
+    greedy = temperatures == 0
+    probs = torch.softmax(logits / torch.where(greedy, 1.0, temperatures)[:, None], dim=-1)
+    if bool((top_ps < 1).any()):
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_ps[:, None]
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_probs * keep)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    uniforms = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    cdf = torch.cumsum(probs.double(), dim=-1)
+    # The first token whose CDF reaches the draw; a draw above zero never lands on a token of zero probability.
+    draws = (uniforms.double() * cdf[:, -1]).clamp(min=torch.finfo(torch.float64).tiny)
+    sampled = torch.searchsorted(cdf, draws[:, None]).squeeze(1).clamp(max=logits.shape[1] - 1)
+    return torch.where(greedy, torch.argmax(logits, dim=-1), sampled)
 
 
 class HFEngine(Engine):
@@ -207,6 +216,8 @@ class HFEngine(Engine):
             else self._generator
             for r in requests
         ]
+        temperatures = torch.tensor([r.sampling.temperature for r in requests], device=self.device)
+        top_ps = torch.tensor([r.sampling.top_p for r in requests], device=self.device)
         tokens: list[list[int]] = [[] for _ in requests]
         logprobs: list[list[float]] = [[] for _ in requests]
         done = [r.max_new_tokens == 0 for r in requests]
@@ -221,17 +232,18 @@ class HFEngine(Engine):
             past = out.past_key_values
             logits = out.logits[:, -1, :].float()
             log_probs = torch.log_softmax(logits, dim=-1)
-            next_ids = torch.full((rows, 1), self._pad, dtype=torch.long)
+            picked = sample_rows(logits, temperatures, top_ps, generators)
+            picked_logprobs = log_probs.gather(1, picked[:, None]).squeeze(1).tolist()
+            picked_list = picked.tolist()
             for row, request in enumerate(requests):
                 if done[row]:
                     continue
-                token = _pick(logits[row], request.sampling, generators[row])
+                token = picked_list[row]
                 tokens[row].append(token)
-                logprobs[row].append(float(log_probs[row, token]))
-                next_ids[row, 0] = token
+                logprobs[row].append(picked_logprobs[row])
                 eos[row] = token in self._eos_ids
                 done[row] = eos[row] or len(tokens[row]) >= request.max_new_tokens
-            step_ids = next_ids.to(self.device)
+            step_ids = picked[:, None].to(self.device)
             step_positions = step_positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
         return [

@@ -24,10 +24,16 @@ class AdvantageConfig:
     """Added to the variance before the square root when whitening."""
     dynamic_sampling: bool = False
     """Drop prompts whose trajectories are all correct or all wrong (DAPO dynamic sampling)."""
+    credit: str = "trajectory"
+    """"trajectory" (the paper): one advantage per trajectory on all its tokens; "segment": the tokens of each
+    segment get R_i minus the mean reward of the deepest subgroup (more than one member) that shares the path up to
+    that segment, so a segment is credited with how much it changed the expected reward of its prefix."""
 
     def __post_init__(self) -> None:
         if self.aggregate not in ("average", "size_weighted"):
             raise ValueError(f"AdvantageConfig.aggregate={self.aggregate!r} must be 'average' or 'size_weighted'")
+        if self.credit not in ("trajectory", "segment"):
+            raise ValueError(f"AdvantageConfig.credit={self.credit!r} must be 'trajectory' or 'segment'")
 
 
 def subgroup_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float], aggregate: str = "average",
@@ -63,20 +69,50 @@ def subgroup_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float]
     return out
 
 
+def segment_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float]) -> list[list[float]]:
+    """Per-segment advantages of one tree's trajectories (the "segment" credit).
+
+    Segment j of trajectory i (j = 0..n-1) gets R_i minus the mean reward of the trajectories that share i's first
+    j segment ids, taking the deepest such group with more than one member (j = 0: the whole tree).
+    """
+    if len(paths) != len(rewards):
+        raise ValueError(f"{len(paths)} segment paths but {len(rewards)} rewards")
+    members: dict[tuple[int, ...], list[float]] = {}
+    for path, reward in zip(paths, rewards, strict=True):
+        for k in range(len(path)):
+            members.setdefault(tuple(path[:k]), []).append(float(reward))
+    members.setdefault((), [float(r) for r in rewards])
+    out = []
+    for path, reward in zip(paths, rewards, strict=True):
+        baseline = float(np.mean(members[()]))
+        values = []
+        for j in range(len(path)):
+            group = members[tuple(path[:j])]
+            if len(group) > 1:
+                baseline = float(np.mean(group))
+            values.append(float(reward) - baseline)
+        out.append(values)
+    return out
+
+
 def tree_key(trajectory: Trajectory) -> str:
     """The advantage group of a trajectory: its tree (segment ids are only unique within one), else its prompt."""
     return trajectory.tree_id or trajectory.uid
 
 
-def trajectory_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[float]:
-    """Subgroup advantages for a batch, grouped by tree; every trajectory needs its reward filled in."""
+def _by_tree(trajectories: Sequence[Trajectory]) -> dict[str, list[int]]:
     by_tree: dict[str, list[int]] = {}
     for i, t in enumerate(trajectories):
         if t.reward is None:
             raise ValueError(f"trajectory {i} of prompt {t.uid!r} has no reward; score it first")
         by_tree.setdefault(tree_key(t), []).append(i)
+    return by_tree
+
+
+def trajectory_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[float]:
+    """Subgroup advantages for a batch, grouped by tree; every trajectory needs its reward filled in."""
     out = [0.0] * len(trajectories)
-    for indices in by_tree.values():
+    for indices in _by_tree(trajectories).values():
         advs = subgroup_advantages([trajectories[i].segment_ids for i in indices],
                                    [trajectories[i].reward for i in indices], config.aggregate,
                                    config.require_subgroup_std)
@@ -94,6 +130,11 @@ def token_advantages(advantages: Sequence[float], lengths: Sequence[int], whiten
     if len(advantages) != len(lengths):
         raise ValueError(f"{len(advantages)} advantages but {len(lengths)} lengths")
     per_token = [np.full(int(n), float(a), dtype=np.float64) for a, n in zip(advantages, lengths, strict=True)]
+    return whiten_tokens(per_token, whiten, eps)
+
+
+def whiten_tokens(per_token: list[np.ndarray], whiten: bool = True, eps: float = 1e-8) -> list[np.ndarray]:
+    """(A - mean) / sqrt(var + eps) over every token of the batch (unchanged when `whiten` is false)."""
     if not whiten:
         return per_token
     flat = np.concatenate(per_token) if per_token else np.zeros(0)
@@ -136,5 +177,22 @@ def dynamic_sampling(trajectories: Sequence[Trajectory], correct_threshold: floa
 
 def batch_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[np.ndarray]:
     """Per-token advantages of a training batch (dynamic sampling, if wanted, is applied by the caller first)."""
+    if config.credit == "segment":
+        return whiten_tokens(segment_token_advantages(trajectories), config.whiten, config.whiten_eps)
     advs = trajectory_advantages(trajectories, config)
     return token_advantages(advs, [len(t.response_ids) for t in trajectories], config.whiten, config.whiten_eps)
+
+
+def segment_token_advantages(trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
+    """The "segment" credit of every response token, tree by tree, before whitening."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(trajectories)
+    for indices in _by_tree(trajectories).values():
+        values = segment_advantages([trajectories[i].segment_ids for i in indices],
+                                    [trajectories[i].reward for i in indices])
+        for i, per_segment in zip(indices, values, strict=True):
+            t = trajectories[i]
+            if sum(t.segment_tokens) != len(t.response_ids):
+                raise ValueError(f"trajectory {i} of prompt {t.uid!r}: segment_tokens sum to "
+                                 f"{sum(t.segment_tokens)}, but it has {len(t.response_ids)} response tokens")
+            out[i] = np.repeat(np.asarray(per_segment, dtype=np.float64), t.segment_tokens)
+    return out

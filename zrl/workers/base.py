@@ -105,6 +105,7 @@ class Worker:
         self._samples = 0
         self._batches = 0
         self._last_poll = time.monotonic()
+        self._in_poll = False
         self._started_at: float | None = None
         self._control: ControlServer | None = None
         self._published: WorkerStatus | None = None
@@ -170,11 +171,14 @@ class Worker:
                 self._drain_main_requests(block=True)
 
     def _poll_once(self) -> None:
+        self._in_poll = True
         try:
             result = self._poll()
         except Exception as exc:  # noqa: BLE001 - any failure of the work is reported, never swallowed
             self._fail(exc, "_poll")
             return
+        finally:
+            self._in_poll = False
         self._last_poll = time.monotonic()
         self._polls += 1
         self._samples += result.sample_count
@@ -325,6 +329,7 @@ class Worker:
             "sample_count": self._samples,
             "batch_count": self._batches,
             "last_poll_age_s": time.monotonic() - self._last_poll,
+            "in_poll": self._in_poll,
             "stats": stats,
             "error": self._error.to_dict() if self._error is not None else None,
         }

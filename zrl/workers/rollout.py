@@ -192,14 +192,15 @@ class RolloutWorker(Worker):
         trajectories = 0
         for future in done:
             sample = future.result()  # a scoring error fails the worker loudly, with its traceback
-            self.producer.post(sample)
             rewards = {t["reward"] for t in sample["tree"]["trajectories"]}
             mixed = len({r > 0 for r in rewards}) > 1
+            # Counted before it is handed to the stream, so a consumer never reports more than was produced.
             self.counts["useful_trees"] += int(mixed or not self.config.dynamic_sampling)
             self.counts["trees_posted"] += 1
+            self.counts["trajectories_posted"] += len(sample["tree"]["trajectories"])
             trajectories += len(sample["tree"]["trajectories"])
+            self.producer.post(sample)
         self.producer.flush()
-        self.counts["trajectories_posted"] += trajectories
         return trajectories
 
     def _stats(self) -> dict[str, Any]:

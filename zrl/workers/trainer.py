@@ -75,6 +75,7 @@ class TrainerWorker(Worker):
         self.headline: dict[str, str] = {}
         self.last_step_at = self.started = time.monotonic()
         self.wait_s = 0.0
+        self.in_step = 0
 
     def _poll(self) -> PollResult:
         config = self.config
@@ -85,7 +86,9 @@ class TrainerWorker(Worker):
             self.wait_s += time.monotonic() - waited
             return PollResult()
         batch = [self.buffer.popleft() for _ in range(config.prompts_per_step)]
+        self.in_step = sum(b.size for b in batch)
         self._train(batch)
+        self.in_step = 0
         return PollResult(sample_count=sum(b.size for b in batch), batch_count=1,
                           done=self.step >= config.total_steps)
 
@@ -158,7 +161,7 @@ class TrainerWorker(Worker):
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "consumer"):
             return {}
-        buffered = sum(b.size for b in self.buffer)
+        buffered = sum(b.size for b in self.buffer) + self.in_step
         return {"step": self.step, "version": self.step, "headline": self.headline,
                 "accounting": {**self.accounting, "buffered": buffered}, "samples": self.consumer.as_dict()}
 
