@@ -7,13 +7,14 @@
 # Every key: python -m zrl.controller experiments/treepo_math.py --help
 
 from zrl.config import ControllerTimeouts, ExperimentConfig, Resources, WorkerGroupConfig
+from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
 TOTAL_STEPS = 400
 PROMPTS_PER_STEP = 8
 MAX_STALENESS = 2
-LEARNING_RATE = 3e-5
+LEARNING_RATE = 2e-5
 
 GROUPS = ("policy", "rollout", "trainer", "evaluator")
 
@@ -42,7 +43,8 @@ ALIASES = {
     "max_staleness": _each(("trainer", "rollout"), "max_staleness"),
     "push_every": _each(("trainer",), "push_every"),
     "lr": _each(("trainer",), "lr"),
-    "dynamic_sampling": (*_each(("trainer",), "advantage.dynamic_sampling"), *_each(("rollout",), "dynamic_sampling")),
+    "credit": _each(("trainer",), "advantage.credit"),
+    "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),
     "eval_every": _each(("evaluator",), "eval_every"),
     "max_new_tokens": _each(("evaluator",), "max_new_tokens"),
     **{f"tree.{key}": _each(("rollout",), f"tree.{key}")
@@ -64,7 +66,8 @@ def experiment() -> ExperimentConfig:
             "trainer": WorkerGroupConfig(
                 type="trainer", resources=Resources(cpus=1, memory_mb=4096),
                 config=TrainerConfig(total_steps=TOTAL_STEPS, prompts_per_step=PROMPTS_PER_STEP,
-                                     max_staleness=MAX_STALENESS, lr=LEARNING_RATE)),
+                                     max_staleness=MAX_STALENESS, lr=LEARNING_RATE,
+                                     advantage=AdvantageConfig(credit="segment"))),
             "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=40),
                                            resources=Resources(cpus=1, memory_mb=2048)),
             "rollout": WorkerGroupConfig(

@@ -108,9 +108,47 @@ def test_a_tree_whose_scoring_finishes_while_posting_is_not_lost():
     worker = RolloutWorker.__new__(RolloutWorker)
     worker.config = RolloutConfig()
     worker.producer = Producer()
-    worker.counts = {"useful_trees": 0, "trees_posted": 0, "trajectories_posted": 0}
+    worker.counts = {"trees_posted": 0, "trajectories_posted": 0}
     early = Future()
     early.set_result(sample("early"))
     worker.scored = [early, FinishesOnSecondLook()]
     posted = worker._post_scored() + worker._post_scored()
     assert posted == 2 and sorted(worker.producer.posted) == ["early", "late"] and worker.scored == []
+
+
+def test_trees_the_trainer_dropped_are_replaced_not_counted_against_the_budget():
+    """Lockstep (max_staleness=0): two trees posted for version 0 were dropped as stale, so the rollout worker
+    must start new ones instead of waiting forever for a version that needs them."""
+    from zrl.nameresolve import make_name_resolver, names
+    from zrl.rl.tree import TreeSampler
+    from zrl.workers.base import WorkerContext
+    from zrl.workers.rollout import RolloutWorker
+    from zrl.workers.treepo_config import RolloutConfig
+
+    class Tokenizer:
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+            return {"input_ids": [ord(c) % 50 + 1 for c in text]}
+
+    resolver = make_name_resolver("memory://")
+    worker = RolloutWorker(WorkerContext("exp", "t", "rollout", 0), resolver)
+    worker.config = RolloutConfig(max_staleness=0, prompts_per_step=2)
+    worker.tokenizer = Tokenizer()
+    worker.sampler = TreeSampler(worker.config.tree, 0, lambda ids: "")
+    worker.upcoming = shard_epochs(problems(10), 0, 1, seed=0)
+    worker.trees, worker.scored = {}, []
+    worker.counts = {"trees_posted": 2, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
+    worker.trainer_version, worker.trees_dropped, worker.next_version_check = 0, 0, 0.0
+    worker.drops_key = names.sample_drops("exp", "t", "trees", "rollout/0")
+
+    class NoNewVersion:
+        def newer_version(self, model: str, than: int) -> None:
+            return None
+
+    worker.paramdb = NoNewVersion()
+    worker._check_trainer_version()
+    assert worker._start_trees() == 0  # the budget of version 0 is used up by the two trees in flight
+    resolver.add(names.sample_drops("exp", "t", "trees", "rollout/0"), "2", replace=True)
+    worker.next_version_check = 0.0
+    worker._check_trainer_version()
+    assert worker.trees_dropped == 2
+    assert worker._start_trees() == 2 and worker.sampler.in_progress == 2

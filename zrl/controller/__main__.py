@@ -1,10 +1,11 @@
 """Run an experiment: launch its workers, drive them to the end, exit 0 only on success.
 
-    python -m zrl.controller experiments/echo.py
+    python -m zrl.controller experiments/treepo_math.py      # TreePO on the tiny built-in model, CPU only
+    python -m zrl.controller experiments/treepo_math.py total_steps=100 lr=1e-5 engine=vllm
     python -m zrl.controller experiments/echo.py workers.producer.count=4 name_resolve=redis://127.0.0.1:6379/0
-    python -m zrl.controller experiments/echo.py --dry-run
-    python -m zrl.controller experiments/echo.py scheduler=slurm --submit   # the controller itself in a Slurm job
-    python -m zrl.controller experiments/echo.py --help      # every key of that experiment, documented
+    python -m zrl.controller experiments/treepo_math.py --dry-run
+    python -m zrl.controller experiments/treepo_math.py scheduler=slurm --submit   # the controller in a Slurm job
+    python -m zrl.controller experiments/treepo_math.py --help      # every key of that experiment, documented
 """
 
 from __future__ import annotations

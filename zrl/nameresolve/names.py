@@ -79,6 +79,12 @@ def sample_stream(experiment: str, trial: str, stream: str) -> str:
     return f"{trial_root(experiment, trial)}/sample_stream/{_part(stream, 'sample stream name')}"
 
 
+def sample_drops(experiment: str, trial: str, stream: str, producer: str) -> str:
+    """How many of one producer's samples the consumers of a sample stream dropped; `producer` is "type/index"."""
+    return (f"{trial_root(experiment, trial)}/sample_drops/{_part(stream, 'sample stream name')}/"
+            f"{_check_worker_id(producer)}")
+
+
 def param_version(experiment: str, trial: str, model: str) -> str:
     """Latest published parameter version of one model."""
     return f"{trial_root(experiment, trial)}/param/{_part(model, 'model name')}/version"

@@ -6,8 +6,8 @@ round of segment requests to the policy workers; feed the answers back to the sa
 scoring thread (the verifier runs in its own process pool, so sampling never waits for it); post scored trees.
 
 Throttle: the trainer consumes `prompts_per_step` trees per version and drops trees more than `max_staleness`
-versions old, so this worker (one of `count`) keeps its posted + in-progress trees within
-(trainer version + max_staleness + 1) * prompts_per_step / count.
+versions old, so this worker (one of `count`) keeps its posted + in-progress trees, less those the trainer
+reports dropped (`names.sample_drops`), within (trainer version + max_staleness + 1) * prompts_per_step / count.
 
 Sample payload: {"tree": TreeResult.to_dict(), "producer": worker id, "epoch": int, "gen_s": float,
 "reward_s": float}.
@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from zrl.engines.base import GenerationResult
-from zrl.nameresolve import names
+from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.rl.problem import Problem
 from zrl.rl.tree import TreeResult, TreeSampler
 from zrl.rl.verifier import Verifier
@@ -98,8 +98,9 @@ class RolloutWorker(Worker):
         self.trees: dict[str, tuple[int, Problem, float]] = {}
         self.trainer_version = 0
         self.next_version_check = 0.0
-        self.counts = {"trees_posted": 0, "trajectories_posted": 0, "useful_trees": 0, "requests": 0,
-                       "epoch": 0, "throttled_polls": 0}
+        self.counts = {"trees_posted": 0, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
+        self.trees_dropped = 0
+        self.drops_key = names.sample_drops(experiment, trial, config.sample_stream, self.context.worker_id)
 
     def _poll(self) -> PollResult:
         self._check_trainer_version()
@@ -119,6 +120,16 @@ class RolloutWorker(Worker):
             newest = self.paramdb.newer_version(self.config.model.name, self.trainer_version)
             if newest is not None:
                 self.trainer_version = newest
+            self.trees_dropped = max(self.trees_dropped, self._trees_dropped_by_trainer())
+
+    def _trees_dropped_by_trainer(self) -> int:
+        try:
+            return int(self.name_resolver.get(self.drops_key))
+        except NameEntryNotFoundError:
+            return 0
+        except (NameResolveError, ValueError) as exc:
+            self.logger.debug("cannot read %s: %s", self.drops_key, exc)
+            return self.trees_dropped
 
     def _tree_budget(self) -> int:
         config = self.config
@@ -127,8 +138,9 @@ class RolloutWorker(Worker):
 
     def _start_trees(self) -> int:
         in_progress = self.sampler.in_progress + len(self.scored)
-        room = min(self.config.trees_in_flight - in_progress,
-                   self._tree_budget() - self.counts["useful_trees"] - in_progress)
+        # Trees the trainer dropped (stale, or uniform under dynamic sampling) do not count: they are replaced.
+        useful = self.counts["trees_posted"] - self.trees_dropped
+        room = min(self.config.trees_in_flight - in_progress, self._tree_budget() - useful - in_progress)
         if room <= 0:
             self.counts["throttled_polls"] += self.config.trees_in_flight > in_progress
             return 0
@@ -192,10 +204,7 @@ class RolloutWorker(Worker):
         trajectories = 0
         for future in done:
             sample = future.result()  # a scoring error fails the worker loudly, with its traceback
-            rewards = {t["reward"] for t in sample["tree"]["trajectories"]}
-            mixed = len({r > 0 for r in rewards}) > 1
             # Counted before it is handed to the stream, so a consumer never reports more than was produced.
-            self.counts["useful_trees"] += int(mixed or not self.config.dynamic_sampling)
             self.counts["trees_posted"] += 1
             self.counts["trajectories_posted"] += len(sample["tree"]["trajectories"])
             trajectories += len(sample["tree"]["trajectories"])
@@ -206,7 +215,7 @@ class RolloutWorker(Worker):
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "producer"):
             return {}
-        return {**self.counts, "trainer_version": self.trainer_version, "trees_in_progress": self.sampler.in_progress,
+        return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version, "trees_in_progress": self.sampler.in_progress,
                 "trees_scoring": len(self.scored), "verifier": vars(self.verifier.stats),
                 "accounting": {"produced": self.counts["trajectories_posted"]},
                 "samples": self.producer.as_dict(), "inference": self.client.as_dict()}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from zrl.nameresolve import names
+from zrl.nameresolve import NameResolveError, names
 from zrl.rl.advantage import dynamic_sampling
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
 from zrl.rl.tree import TreeResult, merge_stats
@@ -37,6 +37,7 @@ class Batch:
     def __init__(self, tree: TreeResult, sample: dict[str, Any]):
         self.tree = tree
         self.oldest_version = min((min(t.versions) for t in tree.trajectories if t.versions), default=0)
+        self.producer = str(sample.get("producer", ""))
         self.gen_s = float(sample.get("gen_s", 0.0))
         self.reward_s = float(sample.get("reward_s", 0.0))
 
@@ -76,12 +77,16 @@ class TrainerWorker(Worker):
         self.last_step_at = self.started = time.monotonic()
         self.wait_s = 0.0
         self.in_step = 0
+        self.drops_by_producer: dict[str, int] = {}
+        self.unpublished_drops: set[str] = set()
 
     def _poll(self) -> PollResult:
         config = self.config
         waited = time.monotonic()
         self._drain(WAIT_S if len(self.buffer) < config.prompts_per_step else 0.0)
         self._drop_stale()
+        if self.unpublished_drops:
+            self._publish_drops()
         if len(self.buffer) < config.prompts_per_step:
             self.wait_s += time.monotonic() - waited
             return PollResult()
@@ -106,13 +111,37 @@ class TrainerWorker(Worker):
             self.accounting["received"] += item.size
             if self.config.advantage.dynamic_sampling and not dynamic_sampling(item.tree.trajectories).kept:
                 self.accounting["dropped_dynamic"] += item.size
+                self._dropped_tree(item)
                 continue
             self.buffer.append(item)
 
     def _drop_stale(self) -> None:
-        fresh = deque(b for b in self.buffer if self.step - b.oldest_version <= self.config.max_staleness)
-        self.accounting["dropped_stale"] += sum(b.size for b in self.buffer) - sum(b.size for b in fresh)
+        fresh: deque[Batch] = deque()
+        for item in self.buffer:
+            if self.step - item.oldest_version <= self.config.max_staleness:
+                fresh.append(item)
+            else:
+                self.accounting["dropped_stale"] += item.size
+                self._dropped_tree(item)
         self.buffer = fresh
+
+    def _dropped_tree(self, item: Batch) -> None:
+        self.drops_by_producer[item.producer] = self.drops_by_producer.get(item.producer, 0) + 1
+        self.unpublished_drops.add(item.producer)
+
+    def _publish_drops(self) -> None:
+        """Tell each rollout worker how many of its trees were dropped, so its throttle replaces them."""
+        for producer in sorted(self.unpublished_drops):
+            try:
+                key = names.sample_drops(self.context.experiment, self.context.trial, self.config.sample_stream,
+                                         producer)
+                self.name_resolver.add(key, str(self.drops_by_producer[producer]), replace=True)
+            except ValueError:
+                continue  # not a worker id: a producer outside this experiment's workers
+            except NameResolveError as exc:
+                self.logger.warning("cannot publish the drop count of %s (will retry): %s", producer, exc)
+                return
+            self.unpublished_drops.discard(producer)
 
     def _train(self, batch: list[Batch]) -> None:
         config = self.config

@@ -89,7 +89,7 @@ class PolicyConfig:
     """Most requests (from all rollout workers) answered by one engine call."""
     poll_timeout_s: float = 0.05
     """Longest wait for requests in one poll."""
-    version_check_s: float = 0.02
+    version_check_s: float = 0.005
     """Seconds between checks for a newer version in the parameter DB."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
@@ -115,8 +115,6 @@ class RolloutConfig:
     """Do not run further ahead of the trainer than this many versions (samples beyond would be dropped)."""
     prompts_per_step: int = 8
     """The trainer's trees per step (to know how many trees a version consumes)."""
-    dynamic_sampling: bool = False
-    """Count only trees with mixed rewards towards the trainer's need (as the trainer drops the others)."""
     shuffle_seed: int = 0
     """Seed of the per-epoch shuffle of this worker's shard."""
     request_timeout_s: float = 120.0
