@@ -102,8 +102,8 @@ def plot_learning_curve(records: list[dict[str, Any]], path: Path) -> Path | Non
                               (axes[1], lambda r: (r["time"] - start) / 60, "minutes")):
         axis.plot([x_of(r) for r in evals], [r["heldout_accuracy"] for r in evals], "o-",
                   label="held-out greedy accuracy")
-        axis.plot([x_of(r) for r in train], [(r["reward_mean"] + 1) / 2 for r in train], alpha=0.5,
-                  label="train accuracy (sampled)")
+        axis.plot([x_of(r) for r in train], _rolling([float(r.get("accuracy", 0.0)) for r in train], 20),
+                  alpha=0.7, label="train accuracy (sampled, mean of 20 steps)")
         axis.set_xlabel(label)
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
@@ -114,6 +114,17 @@ def plot_learning_curve(records: list[dict[str, Any]], path: Path) -> Path | Non
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _rolling(values: list[float], window: int) -> list[float]:
+    """The mean of each value and up to `window - 1` before it."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def _mean(records: list[dict[str, Any]], key: str) -> float:

@@ -197,11 +197,15 @@ def build_tiny_model(cache_dir: Path | str | None = None, config: TinyModelConfi
         return target
     root.mkdir(parents=True, exist_ok=True)
     # Processes that start together (the workers of a run) build once: the others wait here, then find it.
-    with open(root / f".{target.name}.lock", "w") as lock:
+    lock_path = root / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / BUILD_INFO).exists():
-            return target
-        _build_locked(root, target, config)
+        try:
+            if not (target / BUILD_INFO).exists():
+                _build_locked(root, target, config)
+        finally:
+            # Waiters that opened it still hold the lock's file; each re-checks for the build before building.
+            lock_path.unlink(missing_ok=True)
     return target
 
 
