@@ -61,8 +61,8 @@ def config_help(config: ExperimentConfig | None = None) -> str:
     """Every key of `config` (or of an empty experiment with one example group), documented."""
     base = config or ExperimentConfig(workers={"<group>": WorkerGroupConfig()})
     top = dataclasses.replace(base, workers={})
-    lines = ["experiment keys:"] + [line for line in describe_fields(top) if not line.startswith("  workers.*")]
-    lines = [line for line in lines if not line.startswith("  aliases")]
+    lines = ["experiment keys:"] + [line for line in describe_fields(top)
+                                    if not line.startswith(("  workers.*", "  aliases.*"))]
     lines.append("  workers.<group>.*  " + field_docs(ExperimentConfig)["workers"])
     if base.aliases:
         lines.append("\naliases (one key sets several):")

@@ -15,11 +15,11 @@ from zrl.engines.base import GenerationRequest, SamplingParams
 from zrl.paramdb import ParamDBError, VersionNotFoundError
 from zrl.rl.verifier import Verdict, Verifier, VerifierConfig
 from zrl.workers.base import PollResult, Worker
-from zrl.workers.rollout import load_tokenizer_and_eos
 from zrl.workers.treepo_common import (
     FINAL_TAG,
     MetricsLog,
     load_problems,
+    load_tokenizer,
     model_path,
     open_paramdb,
     run_dir,
@@ -38,7 +38,7 @@ class EvaluatorWorker(Worker):
 
         set_threads(config.threads)
         path = model_path(config.model)
-        self.tokenizer, _ = load_tokenizer_and_eos(path)
+        self.tokenizer = load_tokenizer(path)
         self.problems = load_problems(config.problems)
         self.prompts = [self.tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in self.problems]
         self.engine = make_engine(config.engine.kind, path, version=0, **config.engine.engine_kwargs())

@@ -130,7 +130,8 @@ class RolloutWorker(Worker):
         useful = self.counts["trees_posted"] - self.trees_dropped
         room = min(self.config.trees_in_flight - in_progress, self._tree_budget() - useful - in_progress)
         if room <= 0:
-            self.counts["throttled_polls"] += self.config.trees_in_flight > in_progress
+            if in_progress < self.config.trees_in_flight:
+                self.counts["throttled_polls"] += 1
             return 0
         for _ in range(room):
             epoch, problem = next(self.upcoming)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from zrl.engines.hf import model_eos_token_ids
 from zrl.nameresolve import NameResolveError, names
 from zrl.rl.advantage import dynamic_sampling
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
@@ -31,8 +32,8 @@ MAX_DRAIN = 256
 WAIT_S = 0.05
 
 
-class Batch:
-    """A tree from the sample stream with what the trainer needs to know about it."""
+class ReceivedTree:
+    """A scored tree from the sample stream with what the trainer needs to know about it."""
 
     def __init__(self, tree: TreeResult, sample: dict[str, Any]):
         self.tree = tree
@@ -58,8 +59,7 @@ class TrainerWorker(Worker):
         path = model_path(config.model)
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         pad = self.model.config.pad_token_id
-        eos = self.model.config.eos_token_id
-        self.pad_id = int(pad if pad is not None else (eos[0] if isinstance(eos, list) else eos or 0))
+        self.pad_id = int(pad) if pad is not None else model_eos_token_ids(path)[0]
         self.step_config = StepConfig(
             OptimizerConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
                             grad_clip=config.grad_clip),
@@ -70,7 +70,7 @@ class TrainerWorker(Worker):
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
-        self.buffer: deque[Batch] = deque()
+        self.buffer: deque[ReceivedTree] = deque()
         self.step = 0
         self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0}
         self.headline: dict[str, str] = {}
@@ -102,7 +102,7 @@ class TrainerWorker(Worker):
     def _drain(self, timeout: float) -> None:
         for sample in self.consumer.consume(MAX_DRAIN, timeout=timeout):
             try:
-                item = Batch(TreeResult.from_dict(sample["tree"]), sample)
+                item = ReceivedTree(TreeResult.from_dict(sample["tree"]), sample)
             except (KeyError, TypeError, ValueError) as exc:
                 self.accounting["garbage"] += 1
                 if self.accounting["garbage"] == 1:
@@ -116,7 +116,7 @@ class TrainerWorker(Worker):
             self.buffer.append(item)
 
     def _drop_stale(self) -> None:
-        fresh: deque[Batch] = deque()
+        fresh: deque[ReceivedTree] = deque()
         for item in self.buffer:
             if self.step - item.oldest_version <= self.config.max_staleness:
                 fresh.append(item)
@@ -125,7 +125,7 @@ class TrainerWorker(Worker):
                 self._dropped_tree(item)
         self.buffer = fresh
 
-    def _dropped_tree(self, item: Batch) -> None:
+    def _dropped_tree(self, item: ReceivedTree) -> None:
         self.drops_by_producer[item.producer] = self.drops_by_producer.get(item.producer, 0) + 1
         self.unpublished_drops.add(item.producer)
 
@@ -143,7 +143,7 @@ class TrainerWorker(Worker):
                 return
             self.unpublished_drops.discard(producer)
 
-    def _train(self, batch: list[Batch]) -> None:
+    def _train(self, batch: list[ReceivedTree]) -> None:
         config = self.config
         trajectories = [t for b in batch for t in b.tree.trajectories]
         metrics = train_step(self.model, self.optimizer, self.scheduler, trajectories, self.step_config,
