@@ -185,3 +185,31 @@ def test_missed_deadline_resends_with_same_ids_and_drops_late_duplicates():
             assert client.poll_responses(timeout=0.05) == [], "late duplicates must not surface"
         assert client.as_dict()["dropped.duplicate"] == 3 and client.as_dict()["received"] == 6
         assert client.outstanding() == 0
+
+
+def test_unencodable_payload_is_refused_alone_and_does_not_poison_the_client():
+    with InferenceServer() as server, IpInferenceClient(server.address) as client:
+        good = [client.post(n, flush=False) for n in range(2)]
+        client.post(object(), flush=False)
+        good.append(client.post(2, flush=False))
+        with pytest.raises(wire.WireError, match="request 3"):
+            client.flush()
+        assert sorted(_wait_serving(client, [server], good)) == good
+        assert client.poll_responses(timeout=0.1) == []
+        assert client.outstanding() == 0
+
+
+def test_respond_many_counts_what_it_sent_before_an_unencodable_response():
+    with InferenceServer() as server, IpInferenceClient(server.address) as first, \
+            IpInferenceClient(server.address) as second:
+        ids = [first.post("a"), second.post("b")]
+        requests = []
+        deadline = time.monotonic() + 5
+        while len(requests) < 2 and time.monotonic() < deadline:
+            requests += server.poll_requests(8, timeout=0.1)
+        by_payload = {request.payload: request for request in requests}
+        with pytest.raises(wire.WireError, match=f"request {ids[1]}"):
+            server.respond_many([(by_payload["a"], "fine"), (by_payload["b"], object())])
+        assert first.wait([ids[0]], timeout=2.0) == {ids[0]: "fine"}
+        counts = server.as_dict()
+        assert counts["sent"] == 1 and counts["dropped.unencodable"] == 1

@@ -233,3 +233,15 @@ def _unused_port() -> int:
     from conftest import free_port
 
     return free_port()
+
+
+def test_unencodable_sample_is_counted_and_the_rest_of_its_batch_is_sent(consumers):
+    consumer = _consumer(consumers)
+    with IpSampleProducer(consumer.address, SampleStreamConfig(batch_max_samples=3)) as producer:
+        producer.post("a")
+        producer.post(object())
+        with pytest.raises(wire.WireError, match="sample 1 of 3"):
+            producer.post("c")
+        counts = producer.as_dict()
+        assert counts["sent"] == 2 and counts["dropped.unencodable"] == 1
+    assert sorted(_consume_all(consumer, 2)) == ["a", "c"]

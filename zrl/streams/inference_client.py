@@ -16,6 +16,7 @@ import zmq
 
 from zrl import wire
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
+from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference_base import InferenceClientBase
 from zrl.streams.sockets import StreamCounters, connect_socket, has_message, receive_within, send_frames
 
@@ -116,12 +117,12 @@ class InferenceClient(InferenceClientBase):
                 self._requeue(server, f"server {server.address} missed the {self.config.request_timeout_s} s deadline")
         self._flush()
 
-    def _pick(self, now: float) -> _Server | None:
+    def _pick(self, now: float, load: dict[str, int]) -> str:
+        """The address of the server to take the next request, given each server's `load` of requests."""
         if len(self._servers) == 1:
-            return next(iter(self._servers.values()))
-        healthy = [server for server in self._servers.values() if server.quarantined_until <= now]
-        candidates = healthy or list(self._servers.values())
-        return min(candidates, key=lambda server: len(server.outstanding), default=None)
+            return next(iter(self._servers))
+        healthy = [address for address, server in self._servers.items() if server.quarantined_until <= now]
+        return min(healthy or self._servers, key=load.__getitem__)
 
     def _flush(self) -> None:
         if not self._queued:
@@ -130,23 +131,33 @@ class InferenceClient(InferenceClientBase):
         if not self._servers:
             return
         now = time.monotonic()
+        load = {address: len(server.outstanding) for address, server in self._servers.items()}
         batches: dict[str, list[list[Any]]] = {}
         for request_id, payload in self._queued:
-            server = self._pick(now)
-            assert server is not None
+            address = self._pick(now, load)
+            load[address] += 1
+            batches.setdefault(address, []).append([request_id, payload])
+        self._queued.clear()
+        refused: list[tuple[str, wire.WireError]] = []
+        for address, pairs in batches.items():
+            batch = encode_batch(REQUEST_TAG, pairs)
+            refused += [(f"request {pairs[index][0]}", exc) for index, exc in batch.refused]
+            if batch.frames is not None:
+                self._send(self._servers[address], batch.items, batch.frames, now)
+        if refused:
+            raise refused_error(self.counters.stream, refused)
+
+    def _send(self, server: _Server, pairs: list[list[Any]], frames: list[wire.Frame], now: float) -> None:
+        for request_id, payload in pairs:
             self._payloads[request_id] = payload
             self._owner[request_id] = server.address
             server.outstanding[request_id] = now
-            batches.setdefault(server.address, []).append([request_id, payload])
-        self._queued.clear()
-        for address, pairs in batches.items():
-            server = self._servers[address]
-            try:
-                send_frames(server.socket, wire.encode([REQUEST_TAG, pairs]), zmq.NOBLOCK)
-                self.counters.add("sent", len(pairs))
-            except zmq.Again:
-                # Its queue is full: leave the requests outstanding, so the deadline moves them elsewhere.
-                self.counters.dropped("server_queue_full", len(pairs), f"queue to {address} is full")
+        try:
+            send_frames(server.socket, frames, zmq.NOBLOCK)
+            self.counters.add("sent", len(pairs))
+        except zmq.Again:
+            # Its queue is full: leave the requests outstanding, so the deadline moves them elsewhere.
+            self.counters.dropped("server_queue_full", len(pairs), f"queue to {server.address} is full")
 
     def _receive(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, receive_batch, send_frames
@@ -41,20 +42,30 @@ class InferenceServer(BoundEndpoint):
         return self.respond_many([(request, payload)]) == 1
 
     def respond_many(self, responses: Iterable[tuple[Request, Any]]) -> int:
-        """Send many responses, one message per client; return how many were sent."""
+        """Send many responses, one message per client; return how many were sent.
+
+        Responses that cannot be encoded are dropped and counted; after the others are sent, WireError names them.
+        """
         by_client: dict[bytes, list[list[Any]]] = defaultdict(list)
         for request, payload in responses:
             by_client[request.client].append([request.id, payload])
         sent = 0
+        refused: list[tuple[str, wire.WireError]] = []
         for client, pairs in by_client.items():
-            frames = wire.encode([RESPONSE_TAG, pairs])
-            try:
-                send_frames(self._socket, [client, *frames], zmq.NOBLOCK)
-            except (zmq.Again, zmq.ZMQError) as exc:
-                self.counters.dropped("unroutable", len(pairs), f"client {client.hex()} gone or full: {exc}")
+            batch = encode_batch(RESPONSE_TAG, pairs)
+            refused += [(f"the response to request {pairs[index][0]}", exc) for index, exc in batch.refused]
+            if batch.frames is None:
                 continue
-            sent += len(pairs)
-        self.counters.add("sent", sent)
+            try:
+                send_frames(self._socket, [client, *batch.frames], zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError) as exc:
+                self.counters.dropped("unroutable", len(batch.items), f"client {client.hex()} gone or full: {exc}")
+                continue
+            self.counters.add("sent", len(batch.items))
+            sent += len(batch.items)
+        if refused:
+            self.counters.dropped("unencodable", len(refused), refused[0][0])
+            raise refused_error(self.counters.stream, refused)
         return sent
 
     def _accept(self, frames: list[Any]) -> None:

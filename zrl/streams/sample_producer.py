@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig, StreamFullError, approx_nbytes
 from zrl.streams.sockets import StreamCounters, connect_socket, send_frames
 
@@ -55,20 +56,30 @@ class SampleProducer:
             self.post(sample)
 
     def flush(self) -> None:
-        """Send every buffered sample now (subject to the full-queue policy)."""
+        """Send every buffered sample now (subject to the full-queue policy).
+
+        Samples that cannot be encoded are dropped and counted; after the others are sent, WireError names them.
+        """
         if not self._buffer:
             return
-        batch, self._buffer, self._buffer_bytes = self._buffer, [], 0
-        frames = wire.encode([SAMPLE_TAG, batch])
-        self._refresh_consumers()
-        targets = list(self._sockets) if self.broadcast else ["*"]
-        for target in targets:
-            if self._send(target, frames):
-                self.counters.add("sent", len(batch))
-                self.counters.add("messages_sent")
-            else:
-                self.counters.dropped("queue_full", len(batch),
-                                      f"queue to {target} full ({self.config.sockets.send_hwm} messages)")
+        posted = len(self._buffer)
+        batch = encode_batch(SAMPLE_TAG, self._buffer)
+        self._buffer, self._buffer_bytes = [], 0
+        refused = [(f"sample {index} of {posted} in a batch", exc) for index, exc in batch.refused]
+        if refused:
+            self.counters.dropped("unencodable", len(refused), refused[0][0])
+        if batch.frames is not None:
+            self._refresh_consumers()
+            targets = list(self._sockets) if self.broadcast else ["*"]
+            for target in targets:
+                if self._send(target, batch.frames):
+                    self.counters.add("sent", len(batch.items))
+                    self.counters.add("messages_sent")
+                else:
+                    self.counters.dropped("queue_full", len(batch.items),
+                                          f"queue to {target} full ({self.config.sockets.send_hwm} messages)")
+        if refused:
+            raise refused_error(self.counters.stream, refused)
 
     def as_dict(self) -> dict[str, int]:
         return self.counters.as_dict()
