@@ -245,3 +245,22 @@ def test_unencodable_sample_is_counted_and_the_rest_of_its_batch_is_sent(consume
         counts = producer.as_dict()
         assert counts["sent"] == 2 and counts["dropped.unencodable"] == 1
     assert sorted(_consume_all(consumer, 2)) == ["a", "c"]
+
+
+def test_consume_keeps_its_deadline_under_a_flood_of_messages_without_samples(consumers):
+    flood = 50_000
+    consumer = _consumer(consumers, SampleStreamConfig(sockets=SocketConfig(recv_hwm=2 * flood)))
+    flooder = zmq.Context.instance().socket(zmq.PUSH)
+    flooder.setsockopt(zmq.SNDHWM, 2 * flood)
+    flooder.setsockopt(zmq.LINGER, 0)
+    flooder.connect(consumer.address)
+    try:
+        empty_batch = wire.encode(["sample", []])
+        for _ in range(flood):
+            flooder.send_multipart(empty_batch)
+        time.sleep(1.0)  # let the flood reach the consumer's queue
+        assert consumer.consume(1, timeout=0) == []
+        read = consumer.as_dict()["messages_received"]
+        assert 0 < read < flood / 10, f"a zero-timeout consume read {read} of {flood} queued messages"
+    finally:
+        flooder.close()

@@ -114,8 +114,8 @@ class StreamCounters:
                                 self.stream, amount, kind, detail)
 
 
-# Messages read in one go before checking the clock again, so one call cannot read without end.
-_MAX_MESSAGES_PER_DRAIN = 4096
+# Messages read in a row before checking the clock again, so a flood of messages cannot hold a receive past its deadline.
+_MESSAGES_PER_CLOCK_CHECK = 64
 # Plain ints: pyzmq's enum constants make every `&` and option look-up build an enum member.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -153,27 +153,25 @@ def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: flo
     """Pop up to `wanted` items from `ready`, first reading messages from `sock` into it via `accept`.
 
     Waits at most `timeout` seconds for the first item; once any item is ready it returns what has arrived.
+    Messages that add no item (garbage, empty batches) are read only until `timeout` has passed.
     """
     if wanted <= 0:
         raise ValueError(f"the batch size must be > 0, got {wanted}")
     deadline = time.monotonic() + timeout
     while len(ready) < wanted:
-        got = False
-        for _ in range(_MAX_MESSAGES_PER_DRAIN):
-            if len(ready) >= wanted or not sock.getsockopt(_EVENTS) & _POLLIN:
-                break
-            got = True
+        read = 0
+        while len(ready) < wanted and has_message(sock):
             accept(sock.recv_multipart(copy=False))
-        if got:
-            continue
-        if ready:
-            break
+            read += 1
+            if read % _MESSAGES_PER_CLOCK_CHECK == 0 and time.monotonic() >= deadline:
+                break
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or (ready and not read):
             break
-        frames = receive_within(sock, int(remaining * 1000) + 1)
-        if frames is not None:
-            accept(frames)
+        if not read:
+            frames = receive_within(sock, int(remaining * 1000) + 1)
+            if frames is not None:
+                accept(frames)
     return [ready.popleft() for _ in range(min(wanted, len(ready)))]
 
 
