@@ -213,3 +213,32 @@ def test_respond_many_counts_what_it_sent_before_an_unencodable_response():
         assert first.wait([ids[0]], timeout=2.0) == {ids[0]: "fine"}
         counts = server.as_dict()
         assert counts["sent"] == 1 and counts["dropped.unencodable"] == 1
+
+
+def test_missed_deadline_moves_only_late_requests_and_a_late_answer_keeps_the_quarantine():
+    config = InferenceStreamConfig(request_timeout_s=3.0, quarantine_s=60.0)
+    with InferenceServer(config) as slow, InferenceServer(config) as fast, \
+            IpInferenceClient([slow.address, fast.address], config) as client:
+
+        def serve_fast_until(done, timeout=10.0):
+            deadline = time.monotonic() + timeout
+            while not done():
+                assert time.monotonic() < deadline, "timed out serving the fast server"
+                fast.respond_many([(request, "fast") for request in fast.poll_requests(64, timeout=0.01)])
+                client.poll_responses(timeout=0.01)
+
+        old, _ = client.post_many(["old", "a"])
+        assert client.server_of(old) == slow.address
+        started = time.monotonic()
+        serve_fast_until(lambda: time.monotonic() - started > 1.5)
+        _, recent = client.post_many(["b", "recent"])
+        assert client.server_of(recent) == slow.address
+        serve_fast_until(lambda: client.as_dict().get("resent", 0) > 0)
+        assert client.as_dict()["resent"] == 1, "only the request past its own deadline moves"
+        assert client.server_of(recent) == slow.address
+        held = {request.payload: request for request in slow.poll_requests(8, timeout=1.0)}
+        assert slow.respond(held["old"], "late")
+        serve_fast_until(lambda: client.server_of(old) is None and client.as_dict()["received"] >= 3)
+        more = client.post_many(range(4))
+        assert {client.server_of(request_id) for request_id in more} == {fast.address}, \
+            "a late answer does not lift the quarantine"

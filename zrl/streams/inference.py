@@ -11,9 +11,11 @@ generation: a dict of prefix token ids, max new tokens and sampling params). One
 many requests (client batching) or many responses (server batching).
 
 Failover: a client sends each request to the live server with the fewest outstanding requests.
-When a server vanishes from the name service, or leaves a request unanswered past
-`request_timeout_s`, the client re-sends that server's outstanding requests to another live server
-with the same ids. The first response for an id wins; later ones are dropped and counted as
+When a server vanishes from the name service, the client re-sends all its outstanding requests to
+another live server with the same ids. When a server leaves a request unanswered past
+`request_timeout_s`, the client re-sends the requests past their own deadline (not younger ones) and
+quarantines the server for `quarantine_s`; an answer within its deadline lifts the quarantine, a late
+one does not. The first response for an id wins; later ones are dropped and counted as
 `dropped.duplicate`. Servers drop (and count as `garbage`) messages that do not decode or lack fields.
 """
 

@@ -77,19 +77,20 @@ class InferenceClient(InferenceClientBase):
             server = self._servers.pop(address)
             self._poller.unregister(server.socket)
             server.socket.close(0)
-            self._requeue(server, f"server {address} left the name service")
+            self._requeue(server, list(server.outstanding), f"server {address} left the name service")
         for address in addresses:
             if address not in self._servers:
                 sock = connect_socket(self._context, zmq.DEALER, self.config.sockets, address)
                 self._servers[address] = _Server(address, sock)
                 self._poller.register(sock, zmq.POLLIN)
 
-    def _requeue(self, server: _Server, reason: str) -> None:
-        if not server.outstanding:
+    def _requeue(self, server: _Server, ids: list[int], reason: str) -> None:
+        """Take `ids` from `server` and queue them to be sent again, first in line, with the same ids."""
+        if not ids:
             return
-        ids = sorted(server.outstanding)
-        server.outstanding.clear()
+        ids = sorted(ids)
         for request_id in ids:
+            del server.outstanding[request_id]
             self._owner.pop(request_id, None)
         self.counters.add("resent", len(ids))
         logger.warning("inference stream %s: re-sending %d request(s) elsewhere: %s",
@@ -107,14 +108,17 @@ class InferenceClient(InferenceClientBase):
         # Scanning every outstanding request costs more than a round trip once many are in flight, so
         # it runs at most every check interval: a late server is still found within one interval.
         self._next_deadline_check = now + self._check_interval()
-        late = [server for server in self._servers.values()
-                if any(now - sent_at > self.config.request_timeout_s for sent_at in server.outstanding.values())]
+        timeout = self.config.request_timeout_s
+        late = {address: [request_id for request_id, sent_at in server.outstanding.items() if now - sent_at > timeout]
+                for address, server in self._servers.items()}
+        late = {address: ids for address, ids in late.items() if ids}
         if late:
             self._refresh_servers(force=True)
-        for server in late:
-            if server.address in self._servers:
+        for address, ids in late.items():
+            server = self._servers.get(address)
+            if server is not None:
                 server.quarantined_until = now + self.config.quarantine_s
-                self._requeue(server, f"server {server.address} missed the {self.config.request_timeout_s} s deadline")
+                self._requeue(server, ids, f"server {server.address} missed the {timeout} s deadline")
         self._flush()
 
     def _pick(self, now: float, load: dict[str, int]) -> str:
@@ -198,23 +202,28 @@ class InferenceClient(InferenceClientBase):
         if isinstance(pairs, str):
             self.counters.garbage("not_a_response_batch", pairs)
             return
-        server.quarantined_until = 0.0
-        for request_id, payload in pairs:
-            self._accept(request_id, payload)
+        now = time.monotonic()
+        fresh = [self._accept(server, request_id, payload, now) for request_id, payload in pairs]
+        if any(fresh):
+            server.quarantined_until = 0.0
 
-    def _accept(self, request_id: int, payload: Any) -> None:
+    def _accept(self, server: _Server, request_id: int, payload: Any, now: float) -> bool:
+        """Take a response from `server`; return whether it answers a request the server holds within its deadline."""
         if request_id not in self._payloads:
             if 0 < request_id < self._next_id:
                 self.counters.dropped("duplicate", 1, f"second response to request {request_id}")
             else:
                 self.counters.garbage("unknown_request_id", f"response to request {request_id}, never posted")
-            return
+            return False
         del self._payloads[request_id]
         owner = self._servers.get(self._owner.pop(request_id, ""))
-        if owner is not None:
-            owner.outstanding.pop(request_id, None)
+        if owner is None:
+            # Answered late while queued to be re-sent: it must not be sent again.
+            self._queued = [queued for queued in self._queued if queued[0] != request_id]
+        sent_at = owner.outstanding.pop(request_id, None) if owner is not None else None
         self.counters.add("received")
         self._ready[request_id] = payload
+        return owner is server and sent_at is not None and now - sent_at <= self.config.request_timeout_s
 
 
 def IpInferenceClient(address: str | Sequence[str], config: InferenceStreamConfig | None = None,
