@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from conftest import free_port
 
 from zrl import wire
 from zrl.nameresolve import make_name_resolver, names
@@ -20,6 +21,7 @@ from zrl.streams import (
     IpInferenceClient,
     NameResolvingInferenceClient,
     NameResolvingInferenceServer,
+    SocketConfig,
 )
 
 
@@ -242,3 +244,23 @@ def test_missed_deadline_moves_only_late_requests_and_a_late_answer_keeps_the_qu
         more = client.post_many(range(4))
         assert {client.server_of(request_id) for request_id in more} == {fast.address}, \
             "a late answer does not lift the quarantine"
+
+
+def test_request_that_meets_a_full_queue_goes_to_another_server_at_once():
+    # A server that is not listening takes exactly send_hwm messages into its queue, with no kernel buffers
+    # behind it, so the point where its queue is full is exact.
+    config = InferenceStreamConfig(sockets=SocketConfig(send_hwm=1))
+    full_address = f"tcp://127.0.0.1:{free_port()}"
+    with InferenceServer(config) as idle, IpInferenceClient([full_address, idle.address], config) as client:
+        time.sleep(0.2)
+        ids = [client.post(n) for n in range(40)]
+        waiting = sum(1 for request_id in ids if client.server_of(request_id) == full_address)
+        assert waiting <= 1, f"{waiting} of 40 requests wait on a server whose queue is full"
+        answered: dict[int, object] = {}
+        deadline = time.monotonic() + 10
+        while len(answered) < 40 - waiting and time.monotonic() < deadline:
+            idle.respond_many([(request, "ok") for request in idle.poll_requests(64, timeout=0.01)])
+            answered.update(client.poll_responses(timeout=0.01))
+        assert len(answered) == 40 - waiting
+        counts = client.as_dict()
+        assert counts["queue_full"] > 0 and counts["dropped"] == 0 and counts.get("resent", 0) == 0

@@ -15,8 +15,9 @@ When a server vanishes from the name service, the client re-sends all its outsta
 another live server with the same ids. When a server leaves a request unanswered past
 `request_timeout_s`, the client re-sends the requests past their own deadline (not younger ones) and
 quarantines the server for `quarantine_s`; an answer within its deadline lifts the quarantine, a late
-one does not. The first response for an id wins; later ones are dropped and counted as
-`dropped.duplicate`. Servers drop (and count as `garbage`) messages that do not decode or lack fields.
+one does not. A request whose server's queue is full (`send_hwm`) goes to another server at once,
+or waits in the client for room; a full queue is back-pressure, never a reason to quarantine.
+The first response for an id wins; later ones are dropped and counted as `dropped.duplicate`. Servers drop (and count as `garbage`) messages that do not decode or lack fields.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from zrl.streams.sockets import StreamCounters, connect_socket, has_message, rec
 
 logger = logging.getLogger(__name__)
 
+_HELD_RETRY_S = 0.01
+
 
 @dataclass
 class _Server:
@@ -121,12 +123,13 @@ class InferenceClient(InferenceClientBase):
                 self._requeue(server, ids, f"server {server.address} missed the {timeout} s deadline")
         self._flush()
 
-    def _pick(self, now: float, load: dict[str, int]) -> str:
-        """The address of the server to take the next request, given each server's `load` of requests."""
-        if len(self._servers) == 1:
-            return next(iter(self._servers))
-        healthy = [address for address, server in self._servers.items() if server.quarantined_until <= now]
-        return min(healthy or self._servers, key=load.__getitem__)
+    def _pick(self, now: float, load: dict[str, int], skip: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The server to take the next request given each one's `load`: the least loaded, quarantined ones last."""
+        candidates = [address for address in self._servers if address not in skip]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        healthy = [address for address in candidates if self._servers[address].quarantined_until <= now]
+        return min(healthy or candidates, key=load.__getitem__)
 
     def _flush(self) -> None:
         if not self._queued:
@@ -139,36 +142,54 @@ class InferenceClient(InferenceClientBase):
         batches: dict[str, list[list[Any]]] = {}
         for request_id, payload in self._queued:
             address = self._pick(now, load)
+            assert address is not None
             load[address] += 1
             batches.setdefault(address, []).append([request_id, payload])
         self._queued.clear()
         refused: list[tuple[str, wire.WireError]] = []
+        full: set[str] = set()
+        held: list[tuple[int, Any]] = []
         for address, pairs in batches.items():
             batch = encode_batch(REQUEST_TAG, pairs)
             refused += [(f"request {pairs[index][0]}", exc) for index, exc in batch.refused]
-            if batch.frames is not None:
-                self._send(self._servers[address], batch.items, batch.frames, now)
+            if batch.frames is not None and not self._send(address, batch.items, batch.frames, now, load, full):
+                held += [(request_id, payload) for request_id, payload in batch.items]
+        # Requests that found every queue full wait, first in line, for the next flush.
+        self._payloads.update(held)
+        self._queued[:0] = held
         if refused:
             raise refused_error(self.counters.stream, refused)
 
-    def _send(self, server: _Server, pairs: list[list[Any]], frames: list[wire.Frame], now: float) -> None:
-        for request_id, payload in pairs:
-            self._payloads[request_id] = payload
-            self._owner[request_id] = server.address
-            server.outstanding[request_id] = now
-        try:
-            send_frames(server.socket, frames, zmq.NOBLOCK)
+    def _send(self, address: str, pairs: list[list[Any]], frames: list[wire.Frame], now: float,
+              load: dict[str, int], full: set[str]) -> bool:
+        """Send a batch to `address`, or if its queue is `full`, to another server at once; False if all are full."""
+        candidate: str | None = address
+        while candidate is not None:
+            server = self._servers[candidate]
+            try:
+                send_frames(server.socket, frames, zmq.NOBLOCK)
+            except zmq.Again:
+                # A full queue is back-pressure, not a late server: no deadline and no quarantine.
+                full.add(candidate)
+                self.counters.add("queue_full", len(pairs))
+                candidate = self._pick(now, load, full)
+                continue
+            for request_id, payload in pairs:
+                self._payloads[request_id] = payload
+                self._owner[request_id] = candidate
+                server.outstanding[request_id] = now
             self.counters.add("sent", len(pairs))
-        except zmq.Again:
-            # Its queue is full: leave the requests outstanding, so the deadline moves them elsewhere.
-            self.counters.dropped("server_queue_full", len(pairs), f"queue to {server.address} is full")
+            return True
+        return False
 
     def _receive(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self._maintain()
             remaining = deadline - time.monotonic()
-            wait_ms = max(0, int(min(remaining, self._check_interval()) * 1000))
+            # Requests held back by full queues are retried soon, as room appears without any message arriving.
+            interval = _HELD_RETRY_S if self._queued else self._check_interval()
+            wait_ms = max(0, int(min(remaining, interval) * 1000))
             servers = list(self._servers.values())
             if len(servers) == 1:
                 # One server: a receive with a timeout replaces poll, readiness check and receive.
