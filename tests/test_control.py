@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -133,3 +134,18 @@ def test_wrong_trial_and_version_get_an_error_reply(servers):
         body = wire.decode(frames[3:])
         assert reply_header["ok"] is False and reply_header["reply_to"] == "m1"
         assert expected in body["message"]
+
+
+def test_malformed_requests_are_counted_and_logged_once_per_kind(servers, caplog):
+    target = servers[0].server
+    good_header = wire.encode({"v": PROTOCOL_VERSION, "trial": "t1", "sender": "x", "id": "m1", "command": "status"})[0]
+    malformed = {"framing": [b"only-one-frame"], "header": [b"", b"", b"\xc1garbage", b"x"],
+                 "body": [b"", b"", good_header, b"\xc1"]}
+    with caplog.at_level(logging.WARNING, logger="zrl.streams"):
+        for frames in [*malformed.values(), *malformed.values()]:
+            assert _raw_request(target.address, frames, timeout_ms=300) is None
+    counts = target.counters.as_dict()
+    assert {kind: counts[f"garbage.{kind}"] for kind in malformed} == dict.fromkeys(malformed, 2)
+    assert counts["garbage"] == target.dropped == 6
+    warnings = [record.getMessage() for record in caplog.records if "malformed" in record.getMessage()]
+    assert len(warnings) == 3, warnings

@@ -14,10 +14,12 @@ A reply has the same frames; its header is {"v", "trial", "sender", "id", "reply
 and its body is the command's result (a dict) when ok, else an error {"type", "message", "traceback"}: a
 worker's exception travels as text, never as a pickled object.
 
-A request whose frames do not decode is dropped and counted (`ControlServer.dropped`). A decodable request with
-the wrong protocol version, the wrong trial or an unknown command gets an error reply saying so. Every bound
-socket has a message-size limit. Replies are matched to requests by id; late replies to a request that already
-timed out are discarded.
+A request whose frames do not decode is dropped and counted by kind (`ControlServer.counters`: `garbage.framing`,
+`garbage.header`, `garbage.body`), and the first of each kind is logged. A decodable request with the wrong protocol
+version, the wrong trial or an unknown command gets an error reply saying so. The worker's socket is bound like
+every stream's (`zrl.streams.sockets.bind_socket`), with `CONTROL_SOCKETS` as its options. Replies are matched to
+requests by id; late replies to a request that already timed out are discarded, and malformed ones are counted
+in `ControlClient.counters`.
 """
 
 from __future__ import annotations
@@ -26,19 +28,20 @@ import logging
 import time
 import traceback as traceback_module
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
 
 from zrl import wire
+from zrl.streams.sockets import BoundEndpoint, SocketConfig, StreamCounters, bind_socket, connect_socket
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 COMMANDS = ("configure", "start", "pause", "resume", "exit", "status")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-"""Size limit of one control message on the worker's bound socket."""
+CONTROL_SOCKETS = SocketConfig(max_message_bytes=64 * 1024 * 1024, linger_ms=0)
+"""Socket options of both ends of the control channel (the worker's bind host is set per worker)."""
 
 
 @dataclass(frozen=True)
@@ -96,18 +99,33 @@ def _header_frame(header: dict[str, Any]) -> bytes:
     return bytes(frames[0])
 
 
+class MalformedMessage(wire.WireError):
+    """A control message that cannot be read; `kind` names what was wrong with it, for counting."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 def _split(frames: list[bytes]) -> tuple[dict[str, Any], Any]:
-    """Decode [delimiter, signature, header, *body] into (header, body); raise WireError if malformed."""
+    """Decode [delimiter, signature, header, *body] into (header, body); raise MalformedMessage if malformed."""
     if len(frames) < 4 or frames[0] != b"":
-        raise wire.WireError(f"a control message needs delimiter, signature, header and body frames, got "
-                             f"{len(frames)} frames")
-    header = wire.decode([frames[2]])
+        raise MalformedMessage("framing", f"a control message needs delimiter, signature, header and body frames, "
+                                          f"got {len(frames)} frames")
+    try:
+        header = wire.decode([frames[2]])
+    except wire.WireError as exc:
+        raise MalformedMessage("header", f"control header: {exc}") from None
     if not isinstance(header, dict) or not all(isinstance(header.get(k), str) for k in ("trial", "sender", "id")):
-        raise wire.WireError(f"control header must be a mapping with str trial, sender and id, got {header!r}")
-    return header, wire.decode(frames[3:])
+        raise MalformedMessage("header", f"control header must be a mapping with str trial, sender and id, "
+                                         f"got {header!r}")
+    try:
+        return header, wire.decode(frames[3:])
+    except wire.WireError as exc:
+        raise MalformedMessage("body", f"control body: {exc}") from None
 
 
-class ControlServer:
+class ControlServer(BoundEndpoint):
     """The worker's end: a ROUTER bound to `host` on a free port; `recv` yields requests, `reply` answers them.
 
     Not thread-safe: use it from one thread (the worker's control thread).
@@ -116,16 +134,16 @@ class ControlServer:
     def __init__(self, trial: str, sender: str, host: str = "127.0.0.1", context: zmq.Context | None = None):
         self.trial = trial
         self.sender = sender
-        self.dropped = 0
-        self._context = context or zmq.Context.instance()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        port = self._socket.bind_to_random_port(f"tcp://{host}")
-        self.address = f"tcp://{host}:{port}"
+        self.counters = StreamCounters("control", logger)
+        self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.ROUTER,
+                                                 replace(CONTROL_SOCKETS, bind_host=host))
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+
+    @property
+    def dropped(self) -> int:
+        """How many malformed requests were dropped."""
+        return self.counters["garbage"]
 
     def recv(self, timeout_s: float) -> ControlRequest | None:
         """The next valid request, or None after `timeout_s`. Invalid requests are answered or dropped here."""
@@ -145,10 +163,8 @@ class ControlServer:
         identity, rest = frames[0], frames[1:]
         try:
             header, body = _split(rest)
-        except wire.WireError as exc:
-            self.dropped += 1
-            if self.dropped == 1:
-                logger.warning("dropped a malformed control message (%s); later drops are only counted", exc)
+        except MalformedMessage as exc:
+            self.counters.garbage(exc.kind, exc)
             return None
         request = ControlRequest(identity, header["id"], header["sender"], str(header.get("command")),
                                  body if isinstance(body, dict) else {})
@@ -178,9 +194,6 @@ class ControlServer:
             header["ok"] = False
         self._socket.send_multipart([request.identity, b"", b"", _header_frame(header), *body_frames], copy=False)
 
-    def close(self) -> None:
-        self._socket.close(linger=0)
-
 
 class ControlClient:
     """The controller's end: one DEALER per worker; `request` addresses one worker, a group, or all of them.
@@ -192,6 +205,7 @@ class ControlClient:
         self.trial = trial
         self.sender = sender
         self._context = context or zmq.Context.instance()
+        self.counters = StreamCounters("control", logger)
         self._sockets: dict[str, zmq.Socket] = {}
         self._addresses: dict[str, str] = {}
 
@@ -205,10 +219,7 @@ class ControlClient:
     def connect(self, worker_id: str, address: str) -> None:
         """Talk to `worker_id` at `address` from now on (a new socket, so replies to an older incarnation are lost)."""
         self.disconnect(worker_id)
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        self._sockets[worker_id] = sock
+        self._sockets[worker_id] = connect_socket(self._context, zmq.DEALER, CONTROL_SOCKETS, address)
         self._addresses[worker_id] = address
 
     def disconnect(self, worker_id: str) -> None:
@@ -271,8 +282,8 @@ class ControlClient:
         frames = sock.recv_multipart()
         try:
             header, body = _split(frames)
-        except wire.WireError as exc:
-            logger.warning("dropped a malformed control reply from %s: %s", worker_id, exc)
+        except MalformedMessage as exc:
+            self.counters.garbage(exc.kind, f"reply from {worker_id}: {exc}")
             return None
         if expected_id is None or header.get("reply_to") != expected_id:
             return None
