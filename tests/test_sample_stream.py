@@ -264,3 +264,40 @@ def test_consume_keeps_its_deadline_under_a_flood_of_messages_without_samples(co
         assert 0 < read < flood / 10, f"a zero-timeout consume read {read} of {flood} queued messages"
     finally:
         flooder.close()
+
+
+def test_size_limit_holds_for_the_whole_message_not_each_frame(consumers):
+    consumer = _consumer(consumers, SampleStreamConfig(sockets=SocketConfig(max_message_bytes=100)))
+    sender = zmq.Context.instance().socket(zmq.PUSH)
+    sender.setsockopt(zmq.LINGER, 0)
+    sender.connect(consumer.address)
+    try:
+        sender.send_multipart([b"x" * 80] * 50)
+        sender.send_multipart(wire.encode(["sample", ["fits"]]))
+        assert _consume_all(consumer, 1) == ["fits"]
+    finally:
+        sender.close()
+    counts = consumer.as_dict()
+    assert counts["garbage.too_large"] == 1 and counts["garbage"] == 1
+
+
+def test_each_stream_kind_has_a_size_limit_of_its_own_by_default():
+    from zrl.streams.control import CONTROL_SOCKETS
+    from zrl.streams.inference import InferenceStreamConfig
+
+    samples = SampleStreamConfig(sockets=SocketConfig(bind_host="127.0.0.1")).sockets.max_message_bytes
+    requests = InferenceStreamConfig(sockets=SocketConfig(bind_host="127.0.0.1")).sockets.max_message_bytes
+    control = CONTROL_SOCKETS.max_message_bytes
+    assert control < samples <= 256 << 20 and control < requests <= 256 << 20
+    assert SampleStreamConfig(sockets=SocketConfig(max_message_bytes=123)).sockets.max_message_bytes == 123
+
+
+def test_producer_drops_and_counts_a_batch_over_the_size_limit(consumers):
+    config = SampleStreamConfig(sockets=SocketConfig(max_message_bytes=64 * 1024))
+    consumer = _consumer(consumers, config)
+    with IpSampleProducer(consumer.address, config) as producer:
+        producer.post(np.zeros(1 << 20, dtype=np.uint8), flush=True)
+        producer.post("fits", flush=True)
+        counts = producer.as_dict()
+        assert counts["dropped.too_large"] == 1 and counts["sent"] == 1
+    assert _consume_all(consumer, 1) == ["fits"]

@@ -34,14 +34,15 @@ from typing import Any
 import zmq
 
 from zrl import wire
-from zrl.streams.sockets import BoundEndpoint, SocketConfig, StreamCounters, bind_socket, connect_socket
+from zrl.streams.sockets import BoundEndpoint, SocketConfig, StreamCounters, bind_socket, connect_socket, oversized
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 COMMANDS = ("configure", "start", "pause", "resume", "exit", "status")
-CONTROL_SOCKETS = SocketConfig(max_message_bytes=64 * 1024 * 1024, linger_ms=0)
-"""Socket options of both ends of the control channel (the worker's bind host is set per worker)."""
+CONTROL_SOCKETS = SocketConfig(max_message_bytes=4 * 1024 * 1024, linger_ms=0)
+"""Socket options of both ends of the control channel (the worker's bind host is set per worker); a command
+and its reply carry a config or counters, never bulk data."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ class ControlServer(BoundEndpoint):
                 return None
 
     def _check(self, frames: list[bytes]) -> ControlRequest | None:
+        if oversized(frames, CONTROL_SOCKETS, self.counters):
+            return None
         identity, rest = frames[0], frames[1:]
         try:
             header, body = _split(rest)
@@ -280,6 +283,8 @@ class ControlClient:
 
     def _read(self, sock: zmq.Socket, worker_id: str, expected_id: str | None) -> ControlReply | None:
         frames = sock.recv_multipart()
+        if oversized(frames, CONTROL_SOCKETS, self.counters):
+            return None
         try:
             header, body = _split(frames)
         except MalformedMessage as exc:

@@ -29,6 +29,8 @@ from zrl.streams.sockets import SocketConfig
 
 REQUEST_TAG = "request"
 RESPONSE_TAG = "response"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default size limit of one message: a batch of requests or responses (token ids of many sequences)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class InferenceStreamConfig:
     """Settings of one inference stream, for clients and servers alike."""
 
     sockets: SocketConfig = field(default_factory=SocketConfig)
-    """High-water marks, message size limit and bind host."""
+    """High-water marks, message size limit (default `MAX_MESSAGE_BYTES`) and bind host."""
     request_timeout_s: float = 60.0
     """A server that leaves a request unanswered this long is presumed dead and its requests go elsewhere."""
     quarantine_s: float = 10.0
@@ -47,6 +49,7 @@ class InferenceStreamConfig:
     """TTL of a server's name-service entry; it vanishes this long after the server dies."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sockets", self.sockets.with_message_limit(MAX_MESSAGE_BYTES))
         for name in ("request_timeout_s", "quarantine_s", "resolve_interval_s", "keepalive_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"InferenceStreamConfig.{name} must be > 0, got {getattr(self, name)!r}")

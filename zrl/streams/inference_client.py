@@ -18,7 +18,7 @@ from zrl import wire
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference_base import InferenceClientBase
-from zrl.streams.sockets import StreamCounters, connect_socket, has_message, receive_within, send_frames
+from zrl.streams.sockets import StreamCounters, connect_socket, has_message, oversized, receive_within, send_frames
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ class InferenceClient(InferenceClientBase):
             self._handle(server, server.socket.recv_multipart(copy=False))
 
     def _handle(self, server: _Server, frames: list[zmq.Frame]) -> None:
+        if oversized(frames, self.config.sockets, self.counters):
+            return
         try:
             pairs = parse_batch(wire.decode(frames), RESPONSE_TAG)
         except wire.WireError as exc:

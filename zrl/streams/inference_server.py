@@ -14,7 +14,7 @@ from zrl import wire
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
-from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, receive_batch, send_frames
+from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, oversized, receive_batch, send_frames
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class InferenceServer(BoundEndpoint):
         return sent
 
     def _accept(self, frames: list[Any]) -> None:
+        if oversized(frames, self.config.sockets, self.counters):
+            return
         client = frames[0].bytes
         try:
             body = wire.decode(frames[1:])

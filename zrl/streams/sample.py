@@ -23,6 +23,8 @@ import numpy as np
 from zrl.streams.sockets import SocketConfig
 
 SAMPLE_TAG = "sample"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default size limit of one message: a batch of samples (a scored tree of many trajectories is a few MiB)."""
 
 
 class StreamFullError(TimeoutError):
@@ -34,7 +36,7 @@ class SampleStreamConfig:
     """Settings of one sample stream, for producers and consumers alike."""
 
     sockets: SocketConfig = field(default_factory=SocketConfig)
-    """High-water marks, message size limit and bind host."""
+    """High-water marks, message size limit (default `MAX_MESSAGE_BYTES`) and bind host."""
     batch_bytes: int = 64 * 1024
     """A producer sends its buffered samples once they reach about this many bytes (1 = send each at once)."""
     batch_max_samples: int = 1024
@@ -49,6 +51,7 @@ class SampleStreamConfig:
     """TTL of a consumer's name-service entry; it vanishes this long after the consumer dies."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sockets", self.sockets.with_message_limit(MAX_MESSAGE_BYTES))
         if self.full_policy not in ("block", "drop"):
             raise ValueError(f"SampleStreamConfig.full_policy must be 'block' or 'drop', got {self.full_policy!r}")
         for name in ("batch_bytes", "batch_max_samples", "block_timeout_s", "resolve_interval_s", "keepalive_ttl_s"):

@@ -11,7 +11,7 @@ import zmq
 from zrl import wire
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig
-from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, receive_batch
+from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, oversized, receive_batch
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class SampleConsumer(BoundEndpoint):
         return receive_batch(self._socket, self._ready, max_samples, timeout, self._accept)
 
     def _accept(self, frames: list[Any]) -> None:
+        if oversized(frames, self.config.sockets, self.counters):
+            return
         try:
             body = wire.decode(frames)
         except wire.WireError as exc:

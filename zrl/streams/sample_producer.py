@@ -68,7 +68,7 @@ class SampleProducer:
         refused = [(f"sample {index} of {posted} in a batch", exc) for index, exc in batch.refused]
         if refused:
             self.counters.dropped("unencodable", len(refused), refused[0][0])
-        if batch.frames is not None:
+        if batch.frames is not None and self._within_limit(batch.frames, len(batch.items)):
             self._refresh_consumers()
             targets = list(self._sockets) if self.broadcast else ["*"]
             for target in targets:
@@ -80,6 +80,15 @@ class SampleProducer:
                                           f"queue to {target} full ({self.config.sockets.send_hwm} messages)")
         if refused:
             raise refused_error(self.counters.stream, refused)
+
+    def _within_limit(self, frames: list[wire.Frame], samples: int) -> bool:
+        """Whether a message fits the consumers' size limit; one that does not is dropped and counted, as they would."""
+        size = sum(len(frame) for frame in frames)
+        if size <= self.config.sockets.message_limit:
+            return True
+        self.counters.dropped("too_large", samples, f"a batch of {size} bytes is over max_message_bytes="
+                                                   f"{self.config.sockets.message_limit}")
+        return False
 
     def as_dict(self) -> dict[str, int]:
         return self.counters.as_dict()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import zmq
@@ -22,8 +22,10 @@ class SocketConfig:
     """Messages queued for sending per peer before the queue counts as full."""
     recv_hwm: int = 1000
     """Messages queued on receipt per peer before the sender is held back."""
-    max_message_bytes: int = 1 << 30
-    """ZMQ_MAXMSGSIZE of bound sockets: a peer sending a larger frame is disconnected."""
+    max_message_bytes: int | None = None
+    """Largest message a socket takes, all frames together; a larger one is dropped and counted as
+    `garbage.too_large` (None: the default of the stream kind). ZeroMQ drops the connection of a peer that sends
+    one frame over it; a multipart message is read whole before its sum is checked."""
     bind_host: str = "127.0.0.1"
     """Interface that servers and consumers bind to ('*' for all interfaces)."""
     advertise_host: str | None = None
@@ -33,15 +35,27 @@ class SocketConfig:
 
     def __post_init__(self) -> None:
         for name in ("send_hwm", "recv_hwm", "max_message_bytes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SocketConfig.{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"SocketConfig.{name} must be > 0, got {value!r}")
+
+    def with_message_limit(self, default: int) -> SocketConfig:
+        """These options, with `default` as `max_message_bytes` unless one is set."""
+        return self if self.max_message_bytes is not None else replace(self, max_message_bytes=default)
+
+    @property
+    def message_limit(self) -> int:
+        if self.max_message_bytes is None:
+            raise ValueError("SocketConfig.max_message_bytes is None: set a limit, or pass the options inside a "
+                             "stream's config, which sets the default of its kind")
+        return self.max_message_bytes
 
 
 def _apply(sock: zmq.Socket, config: SocketConfig) -> None:
     sock.setsockopt(zmq.SNDHWM, config.send_hwm)
     sock.setsockopt(zmq.RCVHWM, config.recv_hwm)
     sock.setsockopt(zmq.LINGER, config.linger_ms)
-    sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
+    sock.setsockopt(zmq.MAXMSGSIZE, config.message_limit)
 
 
 def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
@@ -112,6 +126,15 @@ class StreamCounters:
             self._logged_kinds.add(kind)
             self.logger.warning("stream %s: dropped %d item(s) (%s): %s; further ones are only counted",
                                 self.stream, amount, kind, detail)
+
+
+def oversized(frames: Sequence[Any], config: SocketConfig, counters: StreamCounters) -> bool:
+    """Whether a received message is over `max_message_bytes`, all frames together; if so it is counted as garbage."""
+    size = sum(len(frame) for frame in frames)
+    if size <= config.message_limit:
+        return False
+    counters.garbage("too_large", f"{size} bytes in {len(frames)} frames, over max_message_bytes={config.message_limit}")
+    return True
 
 
 # Messages read in a row before checking the clock again, so a flood of messages cannot hold a receive past its deadline.
