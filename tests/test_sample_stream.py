@@ -203,23 +203,57 @@ def test_full_queue_to_a_slow_consumer_drops_and_accounts_for_every_sample(consu
     assert len(got) == counts["sent"] and consumer.consume(1, timeout=0.2) == []
 
 
-def test_block_policy_waits_for_room_and_loses_nothing(consumers):
+def test_block_policy_waits_for_room_and_accounts_for_every_sample(consumers):
     sockets = SocketConfig(send_hwm=1, recv_hwm=1)
     consumer = _consumer(consumers, SampleStreamConfig(sockets=sockets))
     config = SampleStreamConfig(batch_bytes=1, block_timeout_s=0.05, sockets=sockets)
     payload = np.zeros(1 << 20, dtype=np.uint8)
-    got, sent = [], 0
+    got, posted = [], 0
     with IpSampleProducer(consumer.address, config) as producer:
         with pytest.raises(StreamFullError):
             for _ in range(200):
+                posted += 1
                 producer.post(payload)
-                sent += 1
         for _ in range(20):
             got += consumer.consume(100, timeout=0.05)
+        posted += 1
         producer.post(payload)
-        sent += 1
-    got += _consume_all(consumer, sent - len(got))
-    assert len(got) == sent == producer.as_dict()["sent"]
+    counts = producer.as_dict()
+    assert counts["dropped.stream_full"] == 1, "the sample that raised is counted, not lost"
+    assert counts["sent"] + counts["dropped"] == posted
+    got += _consume_all(consumer, counts["sent"] - len(got))
+    assert len(got) == counts["sent"]
+
+
+def test_broadcast_sends_to_every_target_that_has_room_and_counts_the_full_one(consumers):
+    live = _consumer(consumers)
+    full_address = f"tcp://127.0.0.1:{_unused_port()}"  # nobody listens: its queue holds send_hwm messages
+    config = SampleStreamConfig(batch_bytes=1, block_timeout_s=0.2, sockets=SocketConfig(send_hwm=1))
+    producer = BroadcastSampleProducer([full_address, live.address], config)
+    try:
+        with pytest.raises(StreamFullError):
+            for i in range(2):
+                producer.post(i)
+        assert sorted(_consume_all(live, 2)) == [0, 1], "the live consumer gets every sample"
+        counts = producer.as_dict()
+        assert counts["sent"] + counts["dropped.stream_full"] == 4 and counts["dropped.stream_full"] >= 1
+    finally:
+        producer.close(flush=False)
+
+
+@pytest.mark.parametrize("policy", ["drop", "block"])
+def test_broadcast_without_consumers_counts_every_sample(policy):
+    producer = BroadcastSampleProducer([], SampleStreamConfig(batch_bytes=1, full_policy=policy, block_timeout_s=0.1))
+    try:
+        if policy == "block":
+            with pytest.raises(StreamFullError, match="no consumer"):
+                producer.post("x")
+            assert producer.as_dict()["dropped.stream_full"] == 1
+        else:
+            producer.post("x")
+            assert producer.as_dict()["dropped.no_consumer"] == 1
+    finally:
+        producer.close(flush=False)
 
 
 def test_bad_config_names_the_field():

@@ -17,7 +17,14 @@ another live server with the same ids. When a server leaves a request unanswered
 quarantines the server for `quarantine_s`; an answer within its deadline lifts the quarantine, a late
 one does not. A request whose server's queue is full (`send_hwm`) goes to another server at once,
 or waits in the client for room; a full queue is back-pressure, never a reason to quarantine.
-The first response for an id wins; later ones are dropped and counted as `dropped.duplicate`. Servers drop (and count as `garbage`) messages that do not decode or lack fields.
+The first response for an id wins; later ones are dropped and counted as `dropped.duplicate`.
+
+Counters (`as_dict()`), in requests. A client counts `sent` (each send, re-sends included),
+`resent` (moved to another server after its server vanished or missed the deadline), `queue_full`
+(met a full queue and went elsewhere or waited; not a loss), `received` (first responses) and
+`dropped.duplicate`. A server counts `received`, `sent`, `dropped.unroutable` (client gone or full)
+and `dropped.unencodable`. Both drop messages that do not decode, lack fields or are too large, and
+count them as `garbage.<kind>`.
 """
 
 from __future__ import annotations

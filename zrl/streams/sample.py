@@ -8,9 +8,24 @@ A sample is anything `zrl.wire` encodes. Arrays handed to `post` are sent withou
 caller must not modify them after posting.
 
 Full-queue policy (`SampleStreamConfig.full_policy`): a producer's queue to a consumer is full when
-`send_hwm` messages wait for it. With "block" the producer waits up to `block_timeout_s` for room
-and then raises `StreamFullError`; with "drop" it drops the batch at once and counts the samples
-under `dropped`. Consumers drop (and count under `garbage`) any message that does not decode.
+`send_hwm` messages wait for it. With "block" the producer waits up to `block_timeout_s` for room,
+then drops the batch, counts it and raises `StreamFullError`; with "drop" it drops the batch at once
+and counts it. Consumers drop (and count under `garbage`) any message that does not decode.
+
+Counters (`as_dict()`), in samples unless named `messages_*`. A producer counts each posted sample
+once per target (every consumer under broadcast, else one) in exactly one of:
+
+    sent                     handed to ZeroMQ for a consumer
+    dropped.queue_full       "drop" policy: the queue was full
+    dropped.stream_full      "block" policy: no room (or, broadcast, no consumer) within block_timeout_s
+    dropped.no_consumer      "drop" policy, broadcast: no consumer was known
+    dropped.too_large        its batch was over max_message_bytes
+    dropped.unencodable      `zrl.wire` cannot encode it (counted once, whatever the targets)
+
+`dropped` is the sum of the `dropped.*` counters. A consumer counts `received` samples and
+`garbage.<kind>` messages (undecodable, not_a_sample_batch, too_large). Samples still queued in
+ZeroMQ when their consumer dies are lost without a count: `sent` minus the consumers' `received`
+is what was in flight or lost.
 """
 
 from __future__ import annotations

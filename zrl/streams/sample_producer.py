@@ -58,7 +58,10 @@ class SampleProducer:
     def flush(self) -> None:
         """Send every buffered sample now (subject to the full-queue policy).
 
-        Samples that cannot be encoded are dropped and counted; after the others are sent, WireError names them.
+        Each sample ends in one counter per target: `sent`, or `dropped.<why>`. Samples that cannot be encoded are
+        dropped and counted; after the others are sent, WireError names them. Under the "block" policy a target that
+        has no room within `block_timeout_s` gets none of the batch, the other targets get it, and StreamFullError
+        follows.
         """
         if not self._buffer:
             return
@@ -68,11 +71,20 @@ class SampleProducer:
         refused = [(f"sample {index} of {posted} in a batch", exc) for index, exc in batch.refused]
         if refused:
             self.counters.dropped("unencodable", len(refused), refused[0][0])
+        full: StreamFullError | None = None
         if batch.frames is not None and self._within_limit(batch.frames, len(batch.items)):
             self._refresh_consumers()
-            targets = list(self._sockets) if self.broadcast else ["*"]
+            targets = self._targets()
+            if not targets:
+                self._no_consumer(len(batch.items))
             for target in targets:
-                if self._send(target, batch.frames):
+                try:
+                    delivered = self._send(target, batch.frames)
+                except StreamFullError as exc:
+                    self.counters.dropped("stream_full", len(batch.items), str(exc))
+                    full = full or exc
+                    continue
+                if delivered:
                     self.counters.add("sent", len(batch.items))
                     self.counters.add("messages_sent")
                 else:
@@ -80,6 +92,28 @@ class SampleProducer:
                                           f"queue to {target} full ({self.config.sockets.send_hwm} messages)")
         if refused:
             raise refused_error(self.counters.stream, refused)
+        if full is not None:
+            raise full
+
+    def _targets(self) -> list[str]:
+        """Where a batch goes: the round-robin socket, or every consumer, waiting for one to appear under "block"."""
+        if not self.broadcast:
+            return ["*"]
+        if self.config.full_policy == "block":
+            deadline = time.monotonic() + self.config.block_timeout_s
+            while not self._sockets and time.monotonic() < deadline:
+                time.sleep(min(self.config.resolve_interval_s, 0.05))
+                self._refresh_consumers()
+        return list(self._sockets)
+
+    def _no_consumer(self, samples: int) -> None:
+        detail = f"a broadcast found no consumer of {self.counters.stream}"
+        if self.config.full_policy == "drop":
+            self.counters.dropped("no_consumer", samples, detail)
+            return
+        self.counters.dropped("stream_full", samples, detail)
+        raise StreamFullError(f"sample stream {self.counters.stream}: {detail} within block_timeout_s="
+                              f"{self.config.block_timeout_s}; the batch was dropped and counted as dropped.stream_full")
 
     def _within_limit(self, frames: list[wire.Frame], samples: int) -> bool:
         """Whether a message fits the consumers' size limit; one that does not is dropped and counted, as they would."""
@@ -135,7 +169,8 @@ class SampleProducer:
             if remaining <= 0:
                 raise StreamFullError(
                     f"sample stream {self.counters.stream}: no room to send to {target if target != '*' else self._addresses} "
-                    f"within block_timeout_s={self.config.block_timeout_s} (send_hwm={self.config.sockets.send_hwm})")
+                    f"within block_timeout_s={self.config.block_timeout_s} (send_hwm={self.config.sockets.send_hwm}); "
+                    f"the batch was dropped and counted as dropped.stream_full")
             if sock is not None:
                 sock.poll(int(min(remaining, self.config.resolve_interval_s) * 1000) + 1, zmq.POLLOUT)
             else:
