@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 
@@ -264,3 +265,37 @@ def test_request_that_meets_a_full_queue_goes_to_another_server_at_once():
         assert len(answered) == 40 - waiting
         counts = client.as_dict()
         assert counts["queue_full"] > 0 and counts["dropped"] == 0 and counts.get("resent", 0) == 0
+
+
+def test_server_that_accepts_tcp_but_never_completes_the_handshake_gets_no_requests():
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts connections; nothing ever answers ZeroMQ's greeting
+    silent_address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    config = InferenceStreamConfig(connect_timeout_s=0.5)
+    try:
+        with InferenceServer(config) as live, IpInferenceClient([silent_address, live.address], config) as client:
+            ids = client.post_many(range(20))
+            assert client.outstanding_by_server() == {silent_address: 0, live.address: 20}
+            got = _wait_serving(client, [live], ids)
+            assert sorted(got) == ids
+    finally:
+        silent.close()
+
+
+def test_cancelled_request_is_not_resent_and_its_late_response_is_dropped():
+    config = InferenceStreamConfig(request_timeout_s=0.5, quarantine_s=0.1)
+    with InferenceServer(config) as server, IpInferenceClient(server.address, config) as client:
+        request_id = client.post("slow")
+        with pytest.raises(TimeoutError):
+            client.wait([request_id], timeout=0.2)
+        assert client.cancel([request_id]) == 1 and client.outstanding() == 0
+        assert client.poll_responses(timeout=1.5) == []
+        [request] = server.poll_requests(8, timeout=1.0)
+        assert server.poll_requests(8, timeout=0.1) == [], "a cancelled request is not sent again"
+        server.respond(request, "late")
+        deadline = time.monotonic() + 2
+        while client.as_dict().get("dropped.cancelled_response", 0) == 0 and time.monotonic() < deadline:
+            assert client.poll_responses(timeout=0.05) == []
+        counts = client.as_dict()
+        assert counts["cancelled"] == 1 and counts["dropped.cancelled_response"] == 1 and counts.get("resent", 0) == 0

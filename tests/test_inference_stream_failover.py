@@ -1,4 +1,4 @@
-"""Failover: SIGKILL a real server process while a client has requests outstanding on three servers."""
+"""Failover: SIGKILL or SIGSTOP a real server process while a client has requests outstanding on it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from zrl.nameresolve import make_name_resolver, names
-from zrl.streams import InferenceStreamConfig, NameResolvingInferenceClient
+from zrl.streams import InferenceStreamConfig, IpInferenceClient, NameResolvingInferenceClient, SocketConfig
 
 SERVER_PROGRAM = textwrap.dedent("""
     import os, sys, time
@@ -78,3 +78,32 @@ def test_sigkilled_server_requests_are_answered_exactly_once_by_the_others(tmp_p
             if process.stdout is not None:
                 process.stdout.close()
         resolver.close()
+
+
+def test_frozen_server_is_noticed_by_heartbeats_and_its_requests_move(tmp_path):
+    url = f"file://{tmp_path}/names"
+    root = names.inference_stream("exp", "trial", "policy")
+    processes: list[subprocess.Popen] = []
+    client = None
+    try:
+        started = [_start_server(url, root, hold=0.0) for _ in range(2)]
+        processes = [process for process, _ in started]
+        (victim, victim_address), (survivor, _) = started
+        sockets = SocketConfig(heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0)
+        client = IpInferenceClient([address for _, address in started],
+                                   InferenceStreamConfig(request_timeout_s=60.0, sockets=sockets))
+        client.wait(client.post_many({"n": n} for n in range(4)), timeout=10.0)
+        os.kill(victim.pid, signal.SIGSTOP)
+        ids = client.post_many({"n": n} for n in range(10))
+        assert client.outstanding_by_server()[victim_address] == 5
+        responses = client.wait(ids, timeout=15.0)  # well below request_timeout_s
+        assert {response["pid"] for response in responses.values()} == {survivor.pid}
+        assert client.as_dict()["resent"] == 5
+    finally:
+        if client is not None:
+            client.close()
+        for process in processes:
+            process.kill()
+            process.wait(timeout=5)
+            if process.stdout is not None:
+                process.stdout.close()

@@ -15,14 +15,18 @@ When a server vanishes from the name service, the client re-sends all its outsta
 another live server with the same ids. When a server leaves a request unanswered past
 `request_timeout_s`, the client re-sends the requests past their own deadline (not younger ones) and
 quarantines the server for `quarantine_s`; an answer within its deadline lifts the quarantine, a late
-one does not. A request whose server's queue is full (`send_hwm`) goes to another server at once,
+one does not. Clients connect with ZMQ_IMMEDIATE and every socket sends ZeroMQ heartbeats, so
+nothing queues to a server that is not connected, and a connection whose server stops answering
+pings for `heartbeat_timeout_s` is closed: the client then re-sends that server's outstanding
+requests at once. A request whose server's queue is full (`send_hwm`) goes to another server at once,
 or waits in the client for room; a full queue is back-pressure, never a reason to quarantine.
 The first response for an id wins; later ones are dropped and counted as `dropped.duplicate`.
 
 Counters (`as_dict()`), in requests. A client counts `sent` (each send, re-sends included),
 `resent` (moved to another server after its server vanished or missed the deadline), `queue_full`
-(met a full queue and went elsewhere or waited; not a loss), `received` (first responses) and
-`dropped.duplicate`. A server counts `received`, `sent`, `dropped.unroutable` (client gone or full)
+(met a full queue and went elsewhere or waited; not a loss), `received` (first responses),
+`cancelled` (given up by the caller before any response), `dropped.duplicate` and
+`dropped.cancelled_response`. A server counts `received`, `sent`, `dropped.unroutable` (client gone or full)
 and `dropped.unencodable`. Both drop messages that do not decode, lack fields or are too large, and
 count them as `garbage.<kind>`.
 """
@@ -50,6 +54,8 @@ class InferenceStreamConfig:
     """A server that leaves a request unanswered this long is presumed dead and its requests go elsewhere."""
     quarantine_s: float = 10.0
     """How long a server that missed a deadline gets no new requests (unless it is the only one)."""
+    connect_timeout_s: float = 2.0
+    """How long a client waits, once, for the connection to a newly found server before sending elsewhere."""
     resolve_interval_s: float = 1.0
     """How often name-resolving clients look for new or vanished servers."""
     keepalive_ttl_s: float = 10.0
@@ -57,7 +63,7 @@ class InferenceStreamConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sockets", self.sockets.with_message_limit(MAX_MESSAGE_BYTES))
-        for name in ("request_timeout_s", "quarantine_s", "resolve_interval_s", "keepalive_ttl_s"):
+        for name in ("request_timeout_s", "quarantine_s", "connect_timeout_s", "resolve_interval_s", "keepalive_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"InferenceStreamConfig.{name} must be > 0, got {getattr(self, name)!r}")
 

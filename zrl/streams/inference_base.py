@@ -66,6 +66,20 @@ class InferenceClientBase(abc.ABC):
                                    f"{len(missing)} request(s), e.g. ids {missing[:5]} ({self._describe()})")
             self._receive(remaining)
 
+    def cancel(self, ids: Iterable[int]) -> int:
+        """Give up on requests (say, after `wait` timed out): they are not sent again and a late response is dropped.
+
+        Returns how many were still waiting for a response; those are counted as `cancelled`.
+        """
+        wanted = set(ids)
+        queued = {request_id for request_id, _ in self._queued if request_id in wanted}
+        self._queued = [(request_id, payload) for request_id, payload in self._queued if request_id not in wanted]
+        for request_id in wanted:
+            self._ready.pop(request_id, None)
+        cancelled = len(queued | self._forget(wanted))
+        self.counters.add("cancelled", cancelled)
+        return cancelled
+
     def call(self, payload: Any, timeout: float) -> Any:
         """Post one request and wait for its response."""
         request_id = self.post(payload)
@@ -82,6 +96,10 @@ class InferenceClientBase(abc.ABC):
 
     def _describe(self) -> str:
         return f"{len(self._queued)} not yet sent"
+
+    def _forget(self, ids: set[int]) -> set[int]:
+        """Drop what is known of the sent requests among `ids`; return those that were waiting for a response."""
+        return set()
 
     @abc.abstractmethod
     def _flush(self) -> None:

@@ -6,10 +6,10 @@ re-send a dead server's requests elsewhere (see `zrl.streams.inference` for the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -18,20 +18,13 @@ from zrl import wire
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference_base import InferenceClientBase
-from zrl.streams.sockets import StreamCounters, connect_socket, has_message, oversized, receive_within, send_frames
+from zrl.streams.inference_link import ServerLink
+from zrl.streams.sockets import StreamCounters, has_message, oversized, receive_within, send_frames
 
 logger = logging.getLogger(__name__)
 
 _HELD_RETRY_S = 0.01
-
-
-@dataclass
-class _Server:
-    address: str
-    socket: zmq.Socket
-    outstanding: dict[int, float] = field(default_factory=dict)
-    """request id -> time.monotonic() when it was sent to this server."""
-    quarantined_until: float = 0.0
+_CANCELLED_REMEMBERED = 65536
 
 
 class InferenceClient(InferenceClientBase):
@@ -42,9 +35,11 @@ class InferenceClient(InferenceClientBase):
         super().__init__(StreamCounters(name, logger))
         self.config = config or InferenceStreamConfig()
         self._context = context or zmq.Context.instance()
-        self._servers: dict[str, _Server] = {}
+        self._servers: dict[str, ServerLink] = {}
         self._payloads: dict[int, Any] = {}
         self._owner: dict[int, str] = {}
+        self._cancelled: dict[int, None] = {}
+        """The latest cancelled request ids (oldest first), to tell a late response to one from a duplicate."""
         self._poller = zmq.Poller()
         self._next_deadline_check = 0.0
         self._set_addresses(list(addresses))
@@ -67,8 +62,20 @@ class InferenceClient(InferenceClientBase):
 
     def close(self) -> None:
         for server in self._servers.values():
-            server.socket.close(0)
+            server.close()
         self._servers.clear()
+
+    def _forget(self, ids: set[int]) -> set[int]:
+        forgotten = {request_id for request_id in ids if request_id in self._payloads}
+        for request_id in forgotten:
+            del self._payloads[request_id]
+            server = self._servers.get(self._owner.pop(request_id, ""))
+            if server is not None:
+                server.outstanding.pop(request_id, None)
+            self._cancelled[request_id] = None
+        for request_id in list(itertools.islice(self._cancelled, max(0, len(self._cancelled) - _CANCELLED_REMEMBERED))):
+            del self._cancelled[request_id]
+        return forgotten
 
     def _describe(self) -> str:
         servers = ", ".join(f"{server.address}: {len(server.outstanding)} outstanding" for server in self._servers.values())
@@ -78,15 +85,15 @@ class InferenceClient(InferenceClientBase):
         for address in [address for address in self._servers if address not in addresses]:
             server = self._servers.pop(address)
             self._poller.unregister(server.socket)
-            server.socket.close(0)
+            server.close()
             self._requeue(server, list(server.outstanding), f"server {address} left the name service")
         for address in addresses:
             if address not in self._servers:
-                sock = connect_socket(self._context, zmq.DEALER, self.config.sockets, address)
-                self._servers[address] = _Server(address, sock)
-                self._poller.register(sock, zmq.POLLIN)
+                server = ServerLink(self._context, self.config.sockets, address)
+                self._servers[address] = server
+                self._poller.register(server.socket, zmq.POLLIN)
 
-    def _requeue(self, server: _Server, ids: list[int], reason: str) -> None:
+    def _requeue(self, server: ServerLink, ids: list[int], reason: str) -> None:
         """Take `ids` from `server` and queue them to be sent again, first in line, with the same ids."""
         if not ids:
             return
@@ -103,6 +110,11 @@ class InferenceClient(InferenceClientBase):
         """Hook for clients whose server set can change."""
 
     def _maintain(self) -> None:
+        for server in list(self._servers.values()):
+            if server.connection_lost():
+                # Its requests went with the connection: a new one gets a new identity, so no answer can come back.
+                self._requeue(server, list(server.outstanding), f"lost the connection to server {server.address} "
+                              f"(closed, or no heartbeat for {self.config.sockets.heartbeat_timeout_s} s)")
         now = time.monotonic()
         if now < self._next_deadline_check:
             self._flush()
@@ -137,6 +149,10 @@ class InferenceClient(InferenceClientBase):
         self._refresh_servers()
         if not self._servers:
             return
+        for server in self._servers.values():
+            if not server.connected:
+                # Once per server: give a server found moments ago the time to connect, or it would get no requests.
+                server.await_connection(server.created_at + self.config.connect_timeout_s)
         now = time.monotonic()
         load = {address: len(server.outstanding) for address, server in self._servers.items()}
         batches: dict[str, list[list[Any]]] = {}
@@ -210,11 +226,11 @@ class InferenceClient(InferenceClientBase):
     def _check_interval(self) -> float:
         return min(self.config.request_timeout_s, self.config.resolve_interval_s) / 2
 
-    def _drain(self, server: _Server) -> None:
+    def _drain(self, server: ServerLink) -> None:
         while has_message(server.socket):
             self._handle(server, server.socket.recv_multipart(copy=False))
 
-    def _handle(self, server: _Server, frames: list[zmq.Frame]) -> None:
+    def _handle(self, server: ServerLink, frames: list[zmq.Frame]) -> None:
         if oversized(frames, self.config.sockets, self.counters):
             return
         try:
@@ -230,10 +246,13 @@ class InferenceClient(InferenceClientBase):
         if any(fresh):
             server.quarantined_until = 0.0
 
-    def _accept(self, server: _Server, request_id: int, payload: Any, now: float) -> bool:
+    def _accept(self, server: ServerLink, request_id: int, payload: Any, now: float) -> bool:
         """Take a response from `server`; return whether it answers a request the server holds within its deadline."""
         if request_id not in self._payloads:
-            if 0 < request_id < self._next_id:
+            if request_id in self._cancelled:
+                del self._cancelled[request_id]
+                self.counters.dropped("cancelled_response", 1, f"response to request {request_id}, which was cancelled")
+            elif 0 < request_id < self._next_id:
                 self.counters.dropped("duplicate", 1, f"second response to request {request_id}")
             else:
                 self.counters.garbage("unknown_request_id", f"response to request {request_id}, never posted")

@@ -14,6 +14,9 @@ import zmq
 from zrl.wire import WireError
 
 
+_MAX_HEARTBEAT_TTL_S = 6553.0  # ZMQ_HEARTBEAT_TTL travels in tenths of a second in a 16-bit field
+
+
 @dataclass(frozen=True)
 class SocketConfig:
     """Options applied to every socket of a stream."""
@@ -32,12 +35,20 @@ class SocketConfig:
     """Host written into the name service for peers to connect to; None means `bind_host`."""
     linger_ms: int = 1000
     """How long unsent messages outlive close() while the ZeroMQ context terminates (-1: until sent)."""
+    heartbeat_interval_s: float = 1.0
+    """How often ZeroMQ pings each peer of a socket (ZMQ_HEARTBEAT_IVL)."""
+    heartbeat_timeout_s: float = 5.0
+    """A connection whose peer answers no ping for this long is closed (ZMQ_HEARTBEAT_TIMEOUT, and _TTL for the
+    peer's side), so a dead or frozen peer is noticed even while no message is due."""
 
     def __post_init__(self) -> None:
         for name in ("send_hwm", "recv_hwm", "max_message_bytes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"SocketConfig.{name} must be > 0, got {value!r}")
+        if not 0.001 <= self.heartbeat_interval_s < self.heartbeat_timeout_s <= _MAX_HEARTBEAT_TTL_S:
+            raise ValueError(f"SocketConfig needs 0.001 <= heartbeat_interval_s < heartbeat_timeout_s <= "
+                             f"{_MAX_HEARTBEAT_TTL_S}, got {self.heartbeat_interval_s!r} and {self.heartbeat_timeout_s!r}")
 
     def with_message_limit(self, default: int) -> SocketConfig:
         """These options, with `default` as `max_message_bytes` unless one is set."""
@@ -56,6 +67,9 @@ def _apply(sock: zmq.Socket, config: SocketConfig) -> None:
     sock.setsockopt(zmq.RCVHWM, config.recv_hwm)
     sock.setsockopt(zmq.LINGER, config.linger_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, config.message_limit)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, int(config.heartbeat_interval_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(config.heartbeat_timeout_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.heartbeat_timeout_s * 1000))
 
 
 def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
