@@ -34,7 +34,14 @@ from typing import Any
 import zmq
 
 from zrl import wire
-from zrl.streams.sockets import BoundEndpoint, SocketConfig, StreamCounters, bind_socket, connect_socket, oversized
+from zrl.streams.sockets import (
+    BoundEndpoint,
+    SocketConfig,
+    StreamCounters,
+    bind_socket,
+    connect_socket,
+    oversized,
+)
 
 logger = logging.getLogger(__name__)
 

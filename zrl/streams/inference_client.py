@@ -15,8 +15,8 @@ from typing import Any
 import zmq
 
 from zrl import wire
-from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.encoding import encode_batch, refused_error
+from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
 from zrl.streams.inference_link import ServerLink
 from zrl.streams.sockets import StreamCounters, has_message, oversized, receive_within, send_frames

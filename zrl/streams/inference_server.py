@@ -14,7 +14,14 @@ from zrl import wire
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
-from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, oversized, receive_batch, send_frames
+from zrl.streams.sockets import (
+    BoundEndpoint,
+    StreamCounters,
+    bind_socket,
+    oversized,
+    receive_batch,
+    send_frames,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import zmq
 
 from zrl.wire import WireError
 
-
 _MAX_HEARTBEAT_TTL_S = 6553.0  # ZMQ_HEARTBEAT_TTL travels in tenths of a second in a 16-bit field
 
 
