@@ -335,3 +335,16 @@ def test_producer_drops_and_counts_a_batch_over_the_size_limit(consumers):
         counts = producer.as_dict()
         assert counts["dropped.too_large"] == 1 and counts["sent"] == 1
     assert _consume_all(consumer, 1) == ["fits"]
+
+
+def test_every_posted_sample_ends_in_exactly_one_counter():
+    address = f"tcp://127.0.0.1:{_unused_port()}"  # nobody listens, so every send finds the queue full
+    config = SampleStreamConfig(batch_max_samples=3, full_policy="drop", sockets=SocketConfig(max_message_bytes=4096))
+    with IpSampleProducer(address, config) as producer:
+        with pytest.raises(wire.WireError):
+            producer.post_many(["a", object(), "b"])
+        producer.post(np.zeros(8192, dtype=np.uint8), flush=True)
+        producer.post("c", flush=True)
+        counts = producer.as_dict()
+    assert counts["sent"] + counts["dropped"] == 5
+    assert (counts["dropped.unencodable"], counts["dropped.too_large"], counts["dropped.queue_full"]) == (1, 1, 3)

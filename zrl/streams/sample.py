@@ -13,14 +13,15 @@ then drops the batch, counts it and raises `StreamFullError`; with "drop" it dro
 and counts it. Consumers drop (and count under `garbage`) any message that does not decode.
 
 Counters (`as_dict()`), in samples unless named `messages_*`. A producer counts each posted sample
-once per target (every consumer under broadcast, else one) in exactly one of:
+in exactly one of these, once per target (each consumer under broadcast, else one) where marked *:
 
-    sent                     handed to ZeroMQ for a consumer
-    dropped.queue_full       "drop" policy: the queue was full
-    dropped.stream_full      "block" policy: no room (or, broadcast, no consumer) within block_timeout_s
-    dropped.no_consumer      "drop" policy, broadcast: no consumer was known
+    sent                  *  handed to ZeroMQ for a consumer
+    dropped.queue_full    *  "drop" policy: the queue was full
+    dropped.stream_full   *  "block" policy: no room within block_timeout_s (or, once, a broadcast that
+                             found no consumer)
+    dropped.no_consumer      "drop" policy: a broadcast found no consumer
     dropped.too_large        its batch was over max_message_bytes
-    dropped.unencodable      `zrl.wire` cannot encode it (counted once, whatever the targets)
+    dropped.unencodable      `zrl.wire` cannot encode it
 
 `dropped` is the sum of the `dropped.*` counters. A consumer counts `received` samples and
 `garbage.<kind>` messages (undecodable, not_a_sample_batch, too_large). Samples still queued in
