@@ -24,7 +24,8 @@ The first response for an id wins; later ones are dropped and counted as `droppe
 
 Counters (`as_dict()`), in requests. A client counts `sent` (each send, re-sends included),
 `resent` (moved to another server after its server vanished or missed the deadline), `queue_full`
-(met a full queue and went elsewhere or waited; not a loss), `received` (first responses),
+(sends that met a full queue, counted in requests at each try; the requests went elsewhere or
+waited, so this is no loss), `received` (first responses),
 `cancelled` (given up by the caller before any response), `dropped.duplicate` and
 `dropped.cancelled_response`. A server counts `received`, `sent`, `dropped.unroutable` (client gone or full)
 and `dropped.unencodable`. Both drop messages that do not decode, lack fields or are too large, and

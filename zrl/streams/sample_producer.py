@@ -58,10 +58,10 @@ class SampleProducer:
     def flush(self) -> None:
         """Send every buffered sample now (subject to the full-queue policy).
 
-        Each sample ends in one counter per target: `sent`, or `dropped.<why>`. Samples that cannot be encoded are
-        dropped and counted; after the others are sent, WireError names them. Under the "block" policy a target that
-        has no room within `block_timeout_s` gets none of the batch, the other targets get it, and StreamFullError
-        follows.
+        Each sample ends in exactly one counter (per target where it reached one; see `zrl.streams.sample`). Samples
+        that cannot be encoded are dropped and counted; after the others are sent, WireError names them. Under the
+        "block" policy a target that has no room within `block_timeout_s` gets none of the batch, the other targets
+        get it, and StreamFullError follows.
         """
         if not self._buffer:
             return
