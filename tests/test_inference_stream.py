@@ -299,3 +299,13 @@ def test_cancelled_request_is_not_resent_and_its_late_response_is_dropped():
             assert client.poll_responses(timeout=0.05) == []
         counts = client.as_dict()
         assert counts["cancelled"] == 1 and counts["dropped.cancelled_response"] == 1 and counts.get("resent", 0) == 0
+
+
+def test_first_post_waits_for_a_new_connection_only_as_long_as_it_takes():
+    config = InferenceStreamConfig(connect_timeout_s=5.0)
+    for _ in range(3):
+        with InferenceServer(config) as server, IpInferenceClient(server.address, config) as client:
+            started = time.monotonic()
+            request_id = client.post("first")
+            assert time.monotonic() - started < 1.0, "post waited for a connection that was already up"
+            assert [request.id for request in server.poll_requests(8, timeout=2.0)] == [request_id]

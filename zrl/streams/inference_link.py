@@ -7,7 +7,7 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zrl.streams.sockets import SocketConfig, connect_socket, has_message
+from zrl.streams.sockets import SocketConfig, connect_monitored_socket, has_message
 
 _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
@@ -15,14 +15,14 @@ _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 class ServerLink:
     """A DEALER connected to one server with ZMQ_IMMEDIATE, so nothing queues to it while it is unreachable.
 
-    ZeroMQ reports the connection's handshake and its loss (the peer closed it, or missed heartbeats for
-    `heartbeat_timeout_s`) on a monitor socket, which `connection_lost` reads.
+    ZeroMQ reports the loss of the connection (the peer closed it, or missed heartbeats for `heartbeat_timeout_s`)
+    on a monitor socket, which `connection_lost` reads.
     """
 
     def __init__(self, context: zmq.Context, config: SocketConfig, address: str):
         self.address = address
-        self.socket = connect_socket(context, zmq.DEALER, config, address, immediate=True)
-        self._monitor = self.socket.get_monitor_socket(_EVENTS)
+        self.socket, self._monitor = connect_monitored_socket(context, zmq.DEALER, config, address, _EVENTS,
+                                                              immediate=True)
         self.created_at = time.monotonic()
         self.connected = False
         self._lost = False
@@ -37,12 +37,11 @@ class ServerLink:
         return lost
 
     def await_connection(self, until: float) -> None:
-        """Wait, until time.monotonic() reaches `until`, for the first connection to complete."""
-        while not self.connected:
-            remaining_ms = int((until - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self._monitor.poll(remaining_ms):
-                return
-            self._read_events()
+        """Wait, until time.monotonic() reaches `until`, for a connection to complete."""
+        self._read_events()
+        # With ZMQ_IMMEDIATE the socket has room only once a connection is complete.
+        if self.socket.poll(max(0, int((until - time.monotonic()) * 1000)), zmq.POLLOUT):
+            self.connected = True
 
     def _read_events(self) -> None:
         while has_message(self._monitor):

@@ -92,11 +92,25 @@ def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
 def connect_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str,
                    immediate: bool = False) -> zmq.Socket:
     """Create a socket of `socket_type` connected to `address` (`immediate`: queue only to completed connections)."""
+    sock = _unconnected_socket(context, socket_type, config, immediate)
+    sock.connect(address)
+    return sock
+
+
+def connect_monitored_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str,
+                             events: int, immediate: bool = False) -> tuple[zmq.Socket, zmq.Socket]:
+    """`connect_socket`, and a monitor socket for `events`, attached before the connection starts so it misses none."""
+    sock = _unconnected_socket(context, socket_type, config, immediate)
+    monitor = sock.get_monitor_socket(events)
+    sock.connect(address)
+    return sock, monitor
+
+
+def _unconnected_socket(context: zmq.Context, socket_type: int, config: SocketConfig, immediate: bool) -> zmq.Socket:
     sock = context.socket(socket_type)
     _apply(sock, config)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.connect(address)
     return sock
 
 
