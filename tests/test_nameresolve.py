@@ -415,6 +415,27 @@ def test_redis_keepalive_entry_returns_after_restart(redis_server) -> None:
         reader.close()
 
 
+def test_redis_keepalive_entry_returns_after_a_restart_shorter_than_the_refresh_period(redis_server) -> None:
+    # The client reconnects without any command failing, so only the server's identity tells of the restart.
+    ttl = 3.0
+    owner = RedisNameResolver(redis_server.url, retry_timeout=5)
+    reader = RedisNameResolver(redis_server.url, retry_timeout=5)
+    try:
+        owner.add("exp/t/server", "addr", keepalive_ttl=ttl)
+        for _ in range(2):
+            redis_server.restart()
+            assert not exists(reader, "exp/t/server")
+            assert reader.wait("exp/t/server", timeout=2 * ttl) == "addr"
+        other = RedisNameResolver(redis_server.url, retry_timeout=5)
+        other.delete("exp/t/server")  # a name deleted elsewhere is still not resurrected
+        other.close()
+        time.sleep(ttl / 3 + 0.5)
+        assert not exists(reader, "exp/t/server")
+    finally:
+        owner.close()
+        reader.close()
+
+
 def test_redis_outage_gives_clear_errors_then_recovers(redis_server) -> None:
     ns = RedisNameResolver(redis_server.url, retry_timeout=0.5)
     try:

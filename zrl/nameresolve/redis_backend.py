@@ -2,7 +2,9 @@
 
 Every operation retries connection errors with bounded backoff for `retry_timeout` seconds, then
 raises NameServiceUnavailableError. After an outage the refresher re-registers this process's
-keepalive entries that the server lost (a restart without persistence loses them all).
+keepalive entries that the server lost (a restart without persistence loses them all). A restart
+can also pass unnoticed (redis-py reconnects without an error), so the refresher tells "lost in a
+restart" from "deleted elsewhere" by the server's `run_id`, which every restart changes.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class RedisNameResolver(NameResolver):
         self._refresh_script = self._client.register_script(_REFRESH_SCRIPT)
         self._outage_lock = threading.Lock()
         self._reregister: set[str] = set()
+        self._run_id_of: dict[str, str | None] = {}
+        """The server run_id seen when each keepalive name was last written; another one means a restart."""
 
     def __repr__(self) -> str:
         return f"RedisNameResolver({self.url})"
@@ -112,8 +116,18 @@ class RedisNameResolver(NameResolver):
             except redis.RedisError as exc:
                 raise NameResolveError(f"redis name service {self.url} failed {what}: {exc}") from exc
 
+    def _server_run_id(self) -> str | None:
+        """The server's run_id (new at every start), or None where INFO is not allowed (ACL)."""
+        try:
+            return str(self._call("INFO server", lambda: self._client.info("server"))["run_id"])
+        except (NameServiceUnavailableError, NameResolveError, KeyError):
+            return None
+
     def _add(self, name: str, value: str, ttl: float | None, replace: bool) -> None:
         px = None if ttl is None else max(1, int(ttl * 1000))
+        if ttl is not None:
+            # Read before the SET: a restart in between then looks like one, and the refresher re-registers.
+            self._run_id_of[name] = self._server_run_id()
         tries = 0
 
         def set_entry() -> bool | None:
@@ -168,9 +182,23 @@ class RedisNameResolver(NameResolver):
             return True
         with self._outage_lock:
             self._reregister.discard(name)
+        if result == 0:
+            result = self._reregister_after_restart(name, value, ttl)
         if result == 2:
             logger.info("re-registered name %r after a redis outage", name)
         return result != 0
+
+    def _reregister_after_restart(self, name: str, value: str, ttl: float) -> int:
+        """The refresh result for a name found missing: re-created (2) if the server restarted since we wrote it."""
+        run_id = self._server_run_id()
+        if run_id is None or run_id == self._run_id_of.get(name):
+            return 0
+        self._run_id_of[name] = run_id
+        try:
+            return int(self._refresh_script(keys=[name], args=[value, max(1, int(ttl * 1000)), "1"]))
+        except _OUTAGE_ERRORS:
+            self._note_outage()
+            return 1
 
     def _release(self) -> None:
         self._client.close()
