@@ -170,6 +170,26 @@ def test_stop_cancels_one_step_then_whole_jobs(scheduler: SlurmScheduler, run_di
     assert scheduler.poll()["sleepers/1"].state is JobState.CANCELLED
 
 
+def test_stop_without_grace_kills_a_step_then_a_job_that_ignore_sigterm(scheduler: SlurmScheduler,
+                                                                        run_dir: Path) -> None:
+    # What the controller does to a LOST (hung) worker: no grace period, and no error while Slurm still
+    # shows the job it is killing as RUNNING or COMPLETING.
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+            "time.sleep(120)")
+    scheduler.submit([python_worker(run_dir, "hung", i, code) for i in range(2)])
+    logs = [run_dir / "logs" / f"hung-{i}.log" for i in range(2)]
+    deadline = time.monotonic() + 30
+    while not all(log.exists() and "up" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    scheduler.stop(["hung/0"], timeout=0)
+    states = scheduler.poll()
+    assert states["hung/0"].state.finished and states["hung/1"].state is JobState.RUNNING
+    scheduler.stop(timeout=0)
+    assert time.monotonic() - started < 30
+    assert squeue_active(sorted(set(scheduler.job_ids().values()))) == ""
+
+
 def test_stopping_a_worker_of_a_pending_job_keeps_it_from_starting(slurm_cluster: str, run_dir: Path) -> None:
     held = SlurmScheduler(SlurmOptions(poll_interval_s=0.1, extra_sbatch_lines=("#SBATCH --hold",)), run_dir)
     try:

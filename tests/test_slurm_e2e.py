@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -78,6 +79,26 @@ def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> Non
     run.process.send_signal(signal.SIGINT)
     assert run.wait(timeout=30) == 130, run.output
     assert trial_jobs(run.trial, active_only=True) == []
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_hung_worker_is_lost_then_every_job_ends_and_the_summary_is_written(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
+                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000",
+                        "timeouts.lost_after_s=2", "timeouts.stop_s=2")
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    os.kill(pids["server/0"], signal.SIGSTOP)
+    try:
+        assert run.wait(timeout=60) == 1, run.output
+    finally:
+        if alive(pids["server/0"]):
+            os.kill(pids["server/0"], signal.SIGKILL)
+    assert "error: worker server/0 failed: LOST: no answer for" in run.output
+    assert "warning: could not" not in run.output
+    assert run.summary()["workers"]["server/0"]["status"] == "LOST"
+    assert wait_no_active_jobs(run.trial) == []
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -277,14 +278,16 @@ class Controller:
             self._quiesce(connected, QUIESCE_S if code == 0 else 1.0)
         lost = [w for w, s in self.workers.items() if s.status == "LOST"]
         if lost:
-            self.scheduler.stop(lost, timeout=0)  # a hung process would not act on exit or SIGTERM anyway
+            # A hung process would not act on exit or SIGTERM anyway.
+            self._keep_stopping(f"kill the lost workers {lost}", lambda: self.scheduler.stop(lost, timeout=0))
         for state in self.workers.values():
             state.exiting = True
         stop_started = time.monotonic()
         if connected:
             self.client.request(connected, "exit", timeout=1.0)
             self._wait_exited(self.config.timeouts.stop_s / 2)
-        self.scheduler.stop(None, timeout=self.config.timeouts.stop_s)
+        self._keep_stopping("stop every worker",
+                            lambda: self.scheduler.stop(None, timeout=self.config.timeouts.stop_s))
         self.timeline["stopped"] = time.monotonic() - stop_started
         self.client.close()
         try:
@@ -297,6 +300,13 @@ class Controller:
             self._report(accounting)
         except Exception:  # noqa: BLE001 - the run is over; a broken report must not change its exit code
             self._say(f"warning: could not write the end-of-run report:\n{traceback.format_exc().rstrip()}")
+
+    def _keep_stopping(self, what: str, step: Callable[[], None]) -> None:
+        """Run one step of the shutdown; a failure is reported and the remaining steps still run."""
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the other workers must still be stopped and the summary written
+            self._say(f"warning: could not {what}: {type(exc).__name__}: {exc}")
 
     def _report(self, accounting: dict[str, Any] | None) -> None:
         """The training table, the learning curve and the sample accounting, where the run produced them."""

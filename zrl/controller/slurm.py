@@ -42,6 +42,8 @@ _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s']*@")
 # How long a submitted job may be missing from squeue before it counts as vanished.
 _LIST_GRACE_S = 60.0
 _GONE_ERRORS = ("Invalid job id", "already completing or completed")
+# How long SIGKILLed jobs and steps may take to leave squeue before `stop` gives up on them.
+_KILL_WAIT_S = 30.0
 
 _STATE_MAP = {
     **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
@@ -271,7 +273,11 @@ class SlurmScheduler(Scheduler):
         return steps
 
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
-        """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`."""
+        """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`.
+
+        `timeout=0` sends SIGKILL at once (a hung worker acts on nothing else); either way `stop` returns once
+        Slurm shows the jobs and steps ended, or raises SlurmError.
+        """
         unknown = sorted(set(worker_ids or ()) - set(self._workers))
         if unknown:
             raise ValueError(f"cannot stop unknown workers {unknown}; known: {sorted(self._workers)}")
@@ -295,20 +301,24 @@ class SlurmScheduler(Scheduler):
         for worker in partial:
             # The step may not exist yet (job pending, or srun not yet started): the marker keeps it from starting.
             stop_file(self.state_dir, worker.launch, worker.job.job_id).touch()
-        if whole_jobs:
-            _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
         cancelled: set[str] = set()
-        if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
-            return
-        log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
-                    [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
+        if timeout > 0:
+            if whole_jobs:
+                _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
+            if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
+                return
+            log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
+                        [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
         if whole_jobs:
             _run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
                  ok_errors=_GONE_ERRORS)
         cancelled.clear()
-        if not self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=True):
+        # Slurm shows a job it is killing as RUNNING or COMPLETING for a while, even when no grace was asked for.
+        kill_wait = max(timeout, _KILL_WAIT_S)
+        if not self._wait_stopped(whole_jobs, partial, cancelled, kill_wait, kill=True):
             raise SlurmError(f"Slurm jobs {[job.job_id for job in whole_jobs if job.alive]} or steps "
-                             f"{sorted(cancelled)} are still alive {2 * timeout:.0f} s after scancel")
+                             f"{sorted(cancelled)} are still alive {kill_wait:.0f} s after scancel --signal=KILL; "
+                             "check the node with `squeue -t all` and `scontrol show job`")
 
     def _wait_stopped(self, jobs: list[_Job], workers: list[_Worker], cancelled: set[str], timeout: float,
                       kill: bool) -> bool:
