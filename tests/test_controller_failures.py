@@ -114,6 +114,38 @@ def test_workers_exit_when_the_controller_is_killed(tmp_path: Path):
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
+def test_a_hung_worker_dies_soon_after_its_controller_is_sigkilled(tmp_path: Path):
+    # Its _poll never returns, so the parent-death SIGTERM alone would only set a flag that nothing reads.
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=0", "timeouts.exit_grace_s=2")
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    time.sleep(0.5)
+    run.process.kill()
+    run.process.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert [worker for worker, pid in pids.items() if alive(pid)] == []
+    finally:
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    log = (run.run_dir / "logs" / "producer-0.log").read_text()
+    assert "has exited; exiting" in log and "in _poll" in log  # the stack dump shows where it hung
+
+
+def test_sighup_to_the_controller_stops_every_worker_like_sigterm(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW)
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    run.process.send_signal(signal.SIGHUP)
+    assert run.wait(timeout=20) == 130, run.output
+    assert "interrupted: stopping every worker" in run.output
+    assert run.summary()["exit_code"] == 130
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
 def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
     # The producer's control thread keeps answering and its name stays alive; only its _poll never returns.
     run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=20", "timeouts.poll_stall_s=2",

@@ -503,7 +503,7 @@ def test_names_build_keys_under_the_trial_root() -> None:
         names.worker_root("exp", "t", "producer"), names.worker_status("exp", "t", wid),
         names.worker_control("exp", "t", wid), names.inference_stream("exp", "t", "policy"),
         names.sample_stream("exp", "t", "samples"), names.param_version("exp", "t", "actor"),
-        names.trainer_ddp("exp", "t", "actor", "rank", "0"),
+        names.trainer_ddp("exp", "t", "actor", "rank", "0"), names.controller("exp", "t"),
     ]
     assert all(key.startswith(root + "/") for key in keys)
     assert len(set(keys)) == len(keys)

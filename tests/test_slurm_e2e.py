@@ -103,6 +103,25 @@ def test_a_hung_worker_is_lost_then_every_job_ends_and_the_summary_is_written(tm
 
 
 @pytest.mark.usefixtures("slurm_cluster")
+def test_jobs_end_when_the_controller_is_sigkilled(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
+                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000",
+                        "timeouts.controller_lease_s=4", "timeouts.exit_grace_s=2")
+    run.wait_for_output("workers RUNNING")
+    run.process.kill()
+    run.process.wait()
+    try:
+        assert wait_no_active_jobs(run.trial, timeout=30) == []
+    finally:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+        left = [line.split()[0] for line in jobs.splitlines() if f"zrl-echo-{run.trial}-" in line]
+        if left:
+            subprocess.run(["scancel", *left], timeout=30)
+    log = (run.run_dir / "logs" / "server-0.log").read_text()
+    assert "lease" in log and "has lapsed; exiting" in log
+
+
+@pytest.mark.usefixtures("slurm_cluster")
 def test_submit_runs_the_controller_itself_as_a_slurm_job(tmp_path: Path) -> None:
     trial = "submitted"
     result = subprocess.run(

@@ -13,6 +13,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 NAME_RESOLVE_ENV = "ZRL_NAME_RESOLVE"
 """Environment variable that carries the name service URL to a worker (kept out of argv: it may hold a password)."""
 
+PARENT_PID_ENV = "ZRL_PARENT_PID"
+"""Environment variable with the pid of a local worker's controller; the worker exits soon after that process dies."""
+
 RestartPolicy = Literal["never", "on_failure"]
 SchedulerName = Literal["local", "slurm"]
 
@@ -82,6 +85,11 @@ class ControllerTimeouts:
     """Keepalive TTL of each worker's control-address name; its expiry marks the worker LOST."""
     max_run_s: float = 0.0
     """Stop the experiment with an error after this many seconds (0: no limit)."""
+    controller_lease_s: float = 60.0
+    """Workers exit once their controller's lease in the name service has lapsed for this long (a controller
+    killed by SIGKILL, OOM or a lost node), so no Slurm job outlives its controller by much more."""
+    exit_grace_s: float = 10.0
+    """Seconds a worker whose controller is gone gets to exit cleanly before it dumps its stacks and ends itself."""
 
 
 @dataclass(frozen=True)

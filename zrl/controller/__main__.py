@@ -123,7 +123,8 @@ def run(config: ExperimentConfig) -> int:
     def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session went away
+        signal.signal(signum, on_sigterm)
     print(f"running {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
         scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -123,6 +125,10 @@ class Controller:
         """Launch every worker, wait for them to register, then configure and start them in dependency order."""
         # Names left by an earlier run of the same trial would point at dead workers.
         self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
+        # Workers end themselves once this lapses: the controller may die by SIGKILL, OOM or with its node.
+        self.resolver.add(names.controller(self.config.experiment, self.config.trial),
+                          f"{socket.gethostname()}:{os.getpid()}",
+                          keepalive_ttl=self.config.timeouts.controller_lease_s / 2, replace=True)
         launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
         self.scheduler.submit(launches)
         self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
@@ -374,12 +380,12 @@ class Controller:
 
 
 class _signals_deferred:
-    """Hold SIGINT/SIGTERM while the controller stops its workers, so a second Ctrl-C cannot leave orphans."""
+    """Hold SIGINT/SIGTERM/SIGHUP while the controller stops its workers, so a second Ctrl-C cannot leave orphans."""
 
     def __enter__(self) -> None:
         self._saved: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
 
     def __exit__(self, *exc_info: object) -> None:

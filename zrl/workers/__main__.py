@@ -17,9 +17,10 @@ import socket
 import sys
 from types import FrameType
 
-from zrl.config import NAME_RESOLVE_ENV
-from zrl.nameresolve import make_name_resolver
+from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV
+from zrl.nameresolve import make_name_resolver, names
 from zrl.workers.base import WorkerContext
+from zrl.workers.lifeline import Lifeline
 from zrl.workers.registry import worker_class
 
 
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keepalive TTL in seconds of the control-address name")
     parser.add_argument("--group-size", type=int, default=1, help="number of workers in the group")
     parser.add_argument("--run-dir", default="", help="run directory for the files the worker keeps")
+    parser.add_argument("--controller-lease", type=float, default=0.0,
+                        help="exit once the controller's lease name has lapsed for this many seconds (0: never)")
+    parser.add_argument("--exit-grace", type=float, default=10.0,
+                        help="seconds to exit cleanly once the controller is gone, before a hard exit")
     return parser.parse_args(argv)
 
 
@@ -61,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         worker.request_exit()
         signal.signal(signum, signal.SIG_DFL)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    parent_pid = os.environ.get(PARENT_PID_ENV, "")
+    Lifeline(worker.request_exit, exit_grace_s=args.exit_grace,
+             parent_pid=int(parent_pid) if parent_pid.isdigit() else None, resolver=resolver,
+             lease_name=names.controller(args.experiment, args.trial), lease_s=args.controller_lease).start()
     try:
         return worker.run()
     finally:
