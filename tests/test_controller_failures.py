@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 from test_controller_e2e import ControllerRun, alive
 
+from zrl.config import ControllerTimeouts
+from zrl.nameresolve import make_name_resolver, names
+from zrl.streams.control import ControlClient
+
 # A run long enough to be hit mid-way: 2 producers x 10 batches, each batch followed by a 0.15 s pause.
 SLOW = ("workers.producer.config.num_samples=100", "workers.producer.config.batch_size=10",
         "workers.producer.config.interval_s=0.15", "workers.consumer.config.expected_samples=200")
@@ -146,8 +150,9 @@ def test_sighup_to_the_controller_stops_every_worker_like_sigterm(tmp_path: Path
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
-def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
+def test_a_worker_stuck_in_poll_is_lost_with_its_stacks_in_its_log(tmp_path: Path):
     # The producer's control thread keeps answering and its name stays alive; only its _poll never returns.
+    assert 0 < ControllerTimeouts().poll_stall_s < float("inf")  # on by default; the run below shortens it
     run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=20", "timeouts.poll_stall_s=2",
                         "timeouts.stop_s=2")
     assert run.wait(timeout=40) == 1, run.output
@@ -155,4 +160,22 @@ def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
     failed = run.output.split("error: worker ")[1].split()[0]
     assert failed.startswith("producer/")
     assert run.summary()["workers"][failed]["status"] == "LOST"
+    assert run.worker_pids() == {}
+    log = (run.run_dir / "logs" / f"{failed.replace('/', '-')}.log").read_text()
+    assert "in deadlock_in_native_code" in log and "in _poll" in log
+
+
+def test_a_worker_paused_and_never_resumed_stops_the_run(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW, "timeouts.poll_stall_s=2")
+    run.wait_for_output("workers RUNNING")
+    resolver = make_name_resolver(f"file://{run.run_dir / 'names'}")
+    client = ControlClient(run.trial, sender="operator")
+    try:
+        client.connect("consumer/0", resolver.get(names.worker_control("echo", run.trial, "consumer/0")))
+        assert client.request("consumer/0", "pause", timeout=5)["consumer/0"].ok
+        assert run.wait(timeout=30) == 1, run.output
+    finally:
+        client.close()
+        resolver.close()
+    assert "error: worker consumer/0 failed: it has been PAUSED for" in run.output
     assert run.worker_pids() == {}

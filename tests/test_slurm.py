@@ -174,13 +174,17 @@ def test_stop_without_grace_kills_a_step_then_a_job_that_ignore_sigterm(schedule
                                                                         run_dir: Path) -> None:
     # What the controller does to a LOST (hung) worker: no grace period, and no error while Slurm still
     # shows the job it is killing as RUNNING or COMPLETING.
-    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
-            "time.sleep(120)")
+    code = ("import faulthandler, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "faulthandler.register(signal.SIGUSR1, all_threads=True); print('up', flush=True); time.sleep(120)")
     scheduler.submit([python_worker(run_dir, "hung", i, code) for i in range(2)])
     logs = [run_dir / "logs" / f"hung-{i}.log" for i in range(2)]
     deadline = time.monotonic() + 30
     while not all(log.exists() and "up" in log.read_text() for log in logs) and time.monotonic() < deadline:
         time.sleep(0.1)
+    scheduler.dump_stacks(["hung/1"])  # what the controller asks of a stalled worker before it is stopped
+    while "most recent call first" not in logs[1].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "most recent call first" in logs[1].read_text()
     started = time.monotonic()
     scheduler.stop(["hung/0"], timeout=0)
     states = scheduler.poll()

@@ -76,9 +76,10 @@ class ControllerTimeouts:
     """Seconds between status polls of every worker."""
     lost_after_s: float = 5.0
     """A worker that has not answered a status request for this long is LOST."""
-    poll_stall_s: float = 0.0
-    """A RUNNING worker whose _poll has not returned for this long is LOST (0: never; set it above the longest
-    legitimate poll, such as a training step)."""
+    poll_stall_s: float = 600.0
+    """A RUNNING worker whose _poll has not returned for this long is LOST, after its stacks are written to its log,
+    and a worker PAUSED this long without a resume fails (0: never; keep it above the longest legitimate poll, such
+    as a training step)."""
     stop_s: float = 10.0
     """Seconds a worker gets to exit after 'exit' before it is killed."""
     keepalive_ttl_s: float = 5.0

@@ -97,6 +97,12 @@ class LocalScheduler(Scheduler):
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
 
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            proc = self._processes.get(worker_id)
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGUSR1)
+
     def describe(self, launches: list[WorkerLaunch]) -> str:
         lines = []
         for launch in launches:

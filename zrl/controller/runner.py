@@ -41,6 +41,8 @@ from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
+STACK_DUMP_WAIT_S = 0.5
+"""Time a stalled worker gets to write its stacks into its log before it is stopped."""
 QUIESCE_S = 10.0
 """Longest wait at the end of a run for paused workers to finish the poll they are in."""
 
@@ -222,16 +224,31 @@ class Controller:
                     self._failed(worker_id, "it reported ERROR",
                                  ErrorInfo.from_dict(reply.result.get("error") or {}), True)
                     continue
-                stalled_s = reply.result.get("last_poll_age_s", 0.0)
-                if (timeouts.poll_stall_s > 0 and reply.result.get("status") == "RUNNING"
-                        and stalled_s > timeouts.poll_stall_s):
-                    self._failed(worker_id, f"LOST: its _poll has not returned for {stalled_s:.1f} s", None, True)
+                stalled = self._stall(worker_id, reply.result)
+                if stalled is not None:
+                    self._failed(worker_id, stalled, None, True)
                     continue
             elif now - state.last_answer > timeouts.lost_after_s:
                 self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
                 continue
             if not self._name_alive(worker_id):
                 self._failed(worker_id, "LOST: its control name expired from the name service", None, True)
+
+    def _stall(self, worker_id: str, result: dict[str, Any]) -> str | None:
+        """Why a worker that still answers counts as stuck (its _poll hangs, or it stays PAUSED), or None."""
+        bound = self.config.timeouts.poll_stall_s
+        idle_s = float(result.get("last_poll_age_s", 0.0))
+        if bound <= 0 or idle_s <= bound:
+            return None
+        status = result.get("status")
+        if status == "RUNNING":
+            self.scheduler.dump_stacks([worker_id])
+            time.sleep(STACK_DUMP_WAIT_S)
+            return (f"LOST: its _poll has not returned for {idle_s:.1f} s (timeouts.poll_stall_s={bound:g}); "
+                    "the stacks of its threads are in its log")
+        if status == "PAUSED":
+            return (f"it has been PAUSED for {idle_s:.1f} s without a resume (timeouts.poll_stall_s={bound:g})")
+        return None
 
     def _name_alive(self, worker_id: str) -> bool:
         try:

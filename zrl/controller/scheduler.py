@@ -75,6 +75,10 @@ class Scheduler(abc.ABC):
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
         """Stop the given workers (all when None): terminate, then kill whatever is left after `timeout`."""
 
+    @abc.abstractmethod
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        """Ask running workers to write the stacks of all their threads into their logs (SIGUSR1); best effort."""
+
     def describe(self, launches: list[WorkerLaunch]) -> str:
         """What `submit` would do, for `--dry-run`: commands or job scripts, without starting anything."""
         return "\n".join(" ".join(launch.argv) for launch in launches)

@@ -320,6 +320,18 @@ class SlurmScheduler(Scheduler):
                              f"{sorted(cancelled)} are still alive {kill_wait:.0f} s after scancel --signal=KILL; "
                              "check the node with `squeue -t all` and `scontrol show job`")
 
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            worker = self._workers.get(worker_id)
+            if worker is None or not worker.job.alive:
+                continue
+            try:
+                step = self._steps_by_name(worker.job).get(step_name(worker.launch))
+                if step:
+                    _run(["scancel", "--signal=USR1", step], "signal", ok_errors=_GONE_ERRORS)
+            except SlurmError as error:
+                log.warning("cannot ask worker %s for its stacks: %s", worker_id, error)
+
     def _wait_stopped(self, jobs: list[_Job], workers: list[_Worker], cancelled: set[str], timeout: float,
                       kill: bool) -> bool:
         """Wait until `jobs` have ended and `workers` have exit records, cancelling their steps as they appear."""

@@ -10,6 +10,7 @@ its control address in the name service and waits for `configure` and `start` on
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         worker.request_exit()
         signal.signal(signum, signal.SIG_DFL)
 
+    # The controller asks a stalled worker for its stacks before it declares it LOST; this works in any thread.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     parent_pid = os.environ.get(PARENT_PID_ENV, "")
