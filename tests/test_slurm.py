@@ -14,7 +14,15 @@ import pytest
 from conftest import require
 
 from zrl.controller.scheduler import JobState, Resources, SlurmOptions, WorkerJobStatus, WorkerLaunch
-from zrl.controller.slurm import SlurmError, SlurmScheduler, map_slurm_state, submit_controller
+from zrl.controller.slurm import (
+    SlurmError,
+    SlurmScheduler,
+    check_worker_host,
+    loopback_refusal,
+    map_slurm_state,
+    partition_nodes,
+    submit_controller,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -289,3 +297,13 @@ def test_submit_controller_runs_the_command_in_a_job_with_its_log_in_the_run_dir
     name = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%j|%T"], capture_output=True, text=True,
                           timeout=30).stdout.strip()
     assert name == "zrl-slurmtest-t1-controller|COMPLETED"
+
+
+def test_a_loopback_worker_host_is_refused_on_a_partition_of_several_nodes(slurm_cluster: str) -> None:
+    assert partition_nodes("") == ["localhost"]  # the test cluster's default partition has one node
+    check_worker_host("127.0.0.1", SlurmOptions())  # one node: loopback works
+    refusal = loopback_refusal("127.0.0.1", "gpu", ["n1", "n2"])
+    assert refusal is not None and "worker_host=127.0.0.1 is a loopback address, but Slurm partition gpu has 2 nodes" \
+        in refusal and "worker_host=auto" in refusal
+    assert loopback_refusal("localhost", "", ["n1", "n2"]) is not None
+    assert loopback_refusal("10.1.2.3", "gpu", ["n1", "n2"]) is None

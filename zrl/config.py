@@ -98,7 +98,7 @@ class ExperimentConfig:
     experiment: str = ""
     """Experiment name: the first part of every name-service key and of the run directory."""
     trial: str = ""
-    """Trial name (empty: a timestamp such as 20250101-120000)."""
+    """Trial name (empty: a timestamp and a random suffix, such as 20250101-120000-3fa2c1)."""
     name_resolve: str = ""
     """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory)."""
     scheduler: SchedulerName = "local"
@@ -106,7 +106,8 @@ class ExperimentConfig:
     run_root: str = "runs"
     """Directory that holds runs/{experiment}/{trial}/ (resolved config, worker logs, summary)."""
     worker_host: str = "127.0.0.1"
-    """Address workers bind their sockets to and advertise; 'auto' takes each node's own address (clusters)."""
+    """Address workers bind their sockets to and advertise; 'auto' takes each node's own non-loopback address
+    (clusters; a loopback address is refused for Slurm partitions of several nodes)."""
     done_when: tuple[str, ...] = ()
     """Groups whose workers all reaching COMPLETED ends the run; the other groups are then stopped."""
     progress_interval_s: float = 2.0

@@ -36,7 +36,13 @@ from zrl.controller.report import (
 )
 from zrl.controller.scheduler import Scheduler
 from zrl.controller.validate import group_levels
-from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
+from zrl.nameresolve import (
+    NameEntryExistsError,
+    NameEntryNotFoundError,
+    NameResolveError,
+    NameResolver,
+    names,
+)
 from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 
 LOG_TAIL_LINES = 30
@@ -45,6 +51,10 @@ STACK_DUMP_WAIT_S = 0.5
 """Time a stalled worker gets to write its stacks into its log before it is stopped."""
 QUIESCE_S = 10.0
 """Longest wait at the end of a run for paused workers to finish the poll they are in."""
+
+
+class TrialInUseError(RuntimeError):
+    """Another live controller runs the same experiment trial."""
 
 
 class WorkerFailure(Exception):
@@ -102,6 +112,12 @@ class Controller:
     # ---- the run ----
 
     def run(self) -> int:
+        try:
+            self.claim_trial()
+        except TrialInUseError as exc:
+            self._say(f"error: {exc}")
+            return 1
+        self.paths.config.write_text(json.dumps(to_plain(self.config), indent=2))
         code = 1
         try:
             self.start()
@@ -125,12 +141,6 @@ class Controller:
 
     def start(self) -> None:
         """Launch every worker, wait for them to register, then configure and start them in dependency order."""
-        # Names left by an earlier run of the same trial would point at dead workers.
-        self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
-        # Workers end themselves once this lapses: the controller may die by SIGKILL, OOM or with its node.
-        self.resolver.add(names.controller(self.config.experiment, self.config.trial),
-                          f"{socket.gethostname()}:{os.getpid()}",
-                          keepalive_ttl=self.config.timeouts.controller_lease_s / 2, replace=True)
         launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
         self.scheduler.submit(launches)
         self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
@@ -141,6 +151,31 @@ class Controller:
             self._configure_and_start(ids)
         self.timeline["running"] = time.monotonic() - self.started_at
         self._say(f"all {len(self.workers)} workers RUNNING after {self.timeline['running']:.1f} s")
+
+    def claim_trial(self) -> None:
+        """Take the trial's lease, then clear the names an earlier run of this trial left (they point at dead workers).
+
+        Workers end themselves once the lease lapses: the controller may die by SIGKILL, OOM or with its node.
+        """
+        experiment, trial = self.config.experiment, self.config.trial
+        lease = names.controller(experiment, trial)
+        lease_ttl = self.config.timeouts.controller_lease_s / 2
+        try:
+            self.resolver.add(lease, f"{socket.gethostname()}:{os.getpid()}", keepalive_ttl=lease_ttl)
+        except NameEntryExistsError:
+            try:
+                holder = self.resolver.get(lease)
+            except NameEntryNotFoundError:
+                holder = "that has just ended"
+            raise TrialInUseError(
+                f"trial {experiment}/{trial} is being run by the controller {holder}; pick another trial=, stop that "
+                f"run, or if it died, wait up to {lease_ttl:g} s for its lease to lapse") from None
+        for key in self.resolver.find_subtree(names.trial_root(experiment, trial)):
+            if key != lease:
+                try:
+                    self.resolver.delete(key)
+                except NameEntryNotFoundError:
+                    pass
 
     def _wait_registered(self, worker_ids: list[str]) -> None:
         deadline = time.monotonic() + self.config.timeouts.register_s

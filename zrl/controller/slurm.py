@@ -34,6 +34,7 @@ from zrl.controller.scheduler import (
     WorkerJobStatus,
     WorkerLaunch,
 )
+from zrl.hosts import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,35 @@ class SlurmScheduler(Scheduler):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
+
+
+def loopback_refusal(worker_host: str, partition: str, nodes: list[str]) -> str | None:
+    """Why `worker_host` cannot work on a partition of `nodes`, or None: a loopback address serves one node only."""
+    if not is_loopback(worker_host) or len(nodes) <= 1:
+        return None
+    shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
+    return (f"worker_host={worker_host} is a loopback address, but Slurm partition {partition or '(the default)'} "
+            f"has {len(nodes)} nodes ({shown}): workers placed on different nodes could not reach each other; set "
+            "worker_host=auto (each node's own address) or an address that every node reaches")
+
+
+def partition_nodes(partition: str) -> list[str]:
+    """Names of the nodes of `partition` (empty: the cluster's default partition), as sinfo lists them."""
+    nodes = set()
+    for line in _run(["sinfo", "-h", "-N", "-o", "%N|%P"], "list the nodes").splitlines():
+        node, _, listed = line.partition("|")
+        listed = listed.strip()
+        if listed.rstrip("*") == partition if partition else listed.endswith("*"):
+            nodes.add(node.strip())
+    return sorted(nodes)
+
+
+def check_worker_host(worker_host: str, options: SlurmOptions) -> None:
+    """Raise SlurmError when workers on `options.partition` could not reach each other at `worker_host`."""
+    if is_loopback(worker_host):
+        refusal = loopback_refusal(worker_host, options.partition, partition_nodes(options.partition))
+        if refusal is not None:
+            raise SlurmError(refusal)
 
 
 def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, cwd: Path | None = None,

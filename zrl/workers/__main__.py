@@ -14,11 +14,11 @@ import faulthandler
 import logging
 import os
 import signal
-import socket
 import sys
 from types import FrameType
 
 from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV
+from zrl.hosts import node_address
 from zrl.nameresolve import make_name_resolver, names
 from zrl.workers.base import WorkerContext
 from zrl.workers.lifeline import Lifeline
@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name-resolve", default=os.environ.get(NAME_RESOLVE_ENV),
                         help=f"name service URL (default: ${NAME_RESOLVE_ENV})")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind and advertise sockets on; 'auto': this node's address")
+                        help="address to bind and advertise sockets on; 'auto': this node's address that other nodes reach "
+                             "(never a loopback one)")
     parser.add_argument("--keepalive-ttl", type=float, default=WorkerContext.keepalive_ttl_s,
                         help="keepalive TTL in seconds of the control-address name")
     parser.add_argument("--group-size", type=int, default=1, help="number of workers in the group")
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name_resolve:
         print(f"error: no name service: pass --name-resolve URL or set ${NAME_RESOLVE_ENV}", file=sys.stderr)
         return 2
-    host = socket.gethostbyname(socket.gethostname()) if args.host == "auto" else args.host
+    try:
+        host = node_address() if args.host == "auto" else args.host
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl,
                             args.group_size, args.run_dir)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
