@@ -365,6 +365,28 @@ def test_names_of_a_killed_process_expire(backend: str, request: pytest.FixtureR
         reader.close()
 
 
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_names_of_a_suspended_process_come_back_when_it_resumes(backend: str, request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    # A process stopped (SIGSTOP, a suspended Slurm job) longer than its TTL still owns its names.
+    url = backend_url(backend, request, tmp_path)
+    ttl = 1.0
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url, "exp/t/worker/rollout/0", str(ttl)],
+                             stdout=subprocess.PIPE, env=env, text=True)
+    reader = make_name_resolver(url)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGSTOP)
+        assert eventually(lambda: not exists(reader, "exp/t/worker/rollout/0"), timeout=3 * ttl)
+        child.send_signal(signal.SIGCONT)
+        assert eventually(lambda: exists(reader, "exp/t/worker/rollout/0"), timeout=3 * ttl)
+    finally:
+        child.kill()
+        child.wait(10)
+        reader.close()
+
+
 def test_memory_stores_are_shared_by_name_only() -> None:
     store = f"memory://shared-{uuid.uuid4().hex}"
     a, b, c = make_name_resolver(store), make_name_resolver(store), make_name_resolver(store + "-other")

@@ -4,7 +4,8 @@ Every operation retries connection errors with bounded backoff for `retry_timeou
 raises NameServiceUnavailableError. After an outage the refresher re-registers this process's
 keepalive entries that the server lost (a restart without persistence loses them all). A restart
 can also pass unnoticed (redis-py reconnects without an error), so the refresher tells "lost in a
-restart" from "deleted elsewhere" by the server's `run_id`, which every restart changes.
+restart" from "deleted elsewhere" by the server's `run_id`, which every restart changes. A name that
+expired because this process could not refresh it in time (it was suspended or starved) is taken back too.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class RedisNameResolver(NameResolver):
         self._reregister: set[str] = set()
         self._run_id_of: dict[str, str | None] = {}
         """The server run_id seen when each keepalive name was last written; another one means a restart."""
+        self._kept_until: dict[str, float] = {}
+        """When each keepalive name expires (monotonic) unless refreshed; missing later means expired, not deleted."""
 
     def __repr__(self) -> str:
         return f"RedisNameResolver({self.url})"
@@ -135,7 +138,10 @@ class RedisNameResolver(NameResolver):
             tries += 1
             return self._client.set(name, value, px=px, nx=not replace)
 
+        sent_at = time.monotonic()
         if self._call(f"SET {name!r}", set_entry):
+            if ttl is not None:
+                self._kept_until[name] = sent_at + ttl
             return
         # After a broken connection the first SET NX may have landed before the retry found the name.
         if tries > 1 and self._call(f"GET {name!r}", lambda: self._client.get(name)) == value:
@@ -171,6 +177,7 @@ class RedisNameResolver(NameResolver):
             raise NameEntryNotFoundError(f"name {name!r} is not registered")
 
     def _refresh(self, name: str, value: str, ttl: float) -> bool:
+        started = time.monotonic()
         with self._outage_lock:
             reregister = name in self._reregister
         try:
@@ -183,15 +190,21 @@ class RedisNameResolver(NameResolver):
         with self._outage_lock:
             self._reregister.discard(name)
         if result == 0:
-            result = self._reregister_after_restart(name, value, ttl)
+            # Judged after the call: this process may have been stopped while the script was on its way.
+            result = self._reclaim(name, value, ttl,
+                                   expired=time.monotonic() > self._kept_until.get(name, float("inf")))
+        if result != 0:
+            self._kept_until[name] = started + ttl
         if result == 2:
-            logger.info("re-registered name %r after a redis outage", name)
+            logger.info("re-registered name %r after a redis outage, restart or a late refresh", name)
         return result != 0
 
-    def _reregister_after_restart(self, name: str, value: str, ttl: float) -> int:
-        """The refresh result for a name found missing: re-created (2) if the server restarted since we wrote it."""
+    def _reclaim(self, name: str, value: str, ttl: float, expired: bool) -> int:
+        """The refresh result for a name found missing or replaced: re-created (2) if it was lost to a server
+        restart since we wrote it, or to its own expiry (`expired`), rather than deleted elsewhere."""
         run_id = self._server_run_id()
-        if run_id is None or run_id == self._run_id_of.get(name):
+        restarted = run_id is not None and run_id != self._run_id_of.get(name)
+        if not (restarted or expired):
             return 0
         self._run_id_of[name] = run_id
         try:
