@@ -278,7 +278,8 @@ def test_missing_sbatch_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     ("COMPLETING", JobState.RUNNING), ("COMPLETED", JobState.COMPLETED), ("FAILED", JobState.FAILED),
     ("CANCELLED by 0", JobState.CANCELLED), ("TIMEOUT", JobState.TIMEOUT), ("NODE_FAIL", JobState.NODE_FAIL),
     ("OUT_OF_MEMORY", JobState.OUT_OF_MEMORY), ("PREEMPTED", JobState.CANCELLED), ("BOOT_FAIL", JobState.FAILED),
-    ("", JobState.UNKNOWN), ("SOMETHING_NEW", JobState.UNKNOWN),
+    ("SUSPENDED", JobState.SUSPENDED), ("STOPPED", JobState.SUSPENDED), ("", JobState.UNKNOWN),
+    ("SOMETHING_NEW", JobState.UNKNOWN),
 ])
 def test_slurm_states_map_to_job_states(slurm: str, expected: JobState) -> None:
     assert map_slurm_state(slurm) is expected

@@ -121,6 +121,26 @@ def test_jobs_end_when_the_controller_is_sigkilled(tmp_path: Path) -> None:
     assert "lease" in log and "has lapsed; exiting" in log
 
 
+@pytest.mark.redis
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_suspended_job_is_waited_for_not_lost(tmp_path: Path, redis_server) -> None:
+    # Suspended longer than lost_after_s and the keepalive TTL: its names lapse and come back on resume.
+    run = ControllerRun(tmp_path, *SLURM, f"name_resolve={redis_server.url}", "workers.producer.config.interval_s=0.2",
+                        "timeouts.lost_after_s=2", "timeouts.keepalive_ttl_s=1")
+    run.wait_for_output("workers RUNNING")
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+    server_job = next(line.split()[0] for line in jobs.splitlines() if line.endswith(f"-{run.trial}-server"))
+    subprocess.run(["scontrol", "suspend", server_job], check=True, timeout=30)
+    try:
+        time.sleep(4)
+        assert run.process.poll() is None, run.output
+    finally:
+        subprocess.run(["scontrol", "resume", server_job], timeout=30)
+    assert run.wait() == 0, run.output
+    check_counts(run.summary(), 2, 200)
+    assert wait_no_active_jobs(run.trial) == []
+
+
 @pytest.mark.usefixtures("slurm_cluster")
 def test_submit_runs_the_controller_itself_as_a_slurm_job(tmp_path: Path) -> None:
     trial = "submitted"

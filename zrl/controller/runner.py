@@ -34,7 +34,7 @@ from zrl.controller.report import (
     sample_accounting,
     training_table,
 )
-from zrl.controller.scheduler import Scheduler
+from zrl.controller.scheduler import JobState, Scheduler, WorkerJobStatus
 from zrl.controller.validate import group_levels
 from zrl.nameresolve import (
     NameEntryExistsError,
@@ -107,6 +107,8 @@ class Controller:
             for group, spec in config.workers.items() for i in range(spec.count)}
         self.progress = Progress(config.progress_interval_s, out)
         self.started_at = time.monotonic()
+        self.job_states: dict[str, WorkerJobStatus] = {}
+        """The scheduler's view of every worker process at the last check."""
         self.timeline: dict[str, float] = {}
 
     # ---- the run ----
@@ -233,7 +235,8 @@ class Controller:
         return all(s.status == "COMPLETED" for s in self.workers.values() if s.group in groups)
 
     def _check_processes(self, restart: bool) -> None:
-        for worker_id, job in self.scheduler.poll().items():
+        self.job_states = self.scheduler.poll()
+        for worker_id, job in self.job_states.items():
             state = self.workers.get(worker_id)
             if state is None or state.exiting or not job.state.finished:
                 continue
@@ -251,19 +254,23 @@ class Controller:
         # A worker answers status from its control thread at once, so a short wait keeps every check prompt.
         replies = self.client.request(active, "status", timeout=min(STATUS_TIMEOUT_S, timeouts.lost_after_s / 2))
         now = time.monotonic()
+        held = {w for w, job in self.job_states.items() if job.state in (JobState.SUSPENDED, JobState.PENDING)}
         for worker_id, reply in replies.items():
             state = self.workers[worker_id]
+            if worker_id in held and not reply.ok:
+                state.last_answer = now  # it cannot answer while held; the clock starts again once it runs
+                continue
             if reply.ok:
+                # A worker that answers is alive, even while its name comes back after a suspension.
                 self._record(reply)
+                stalled = self._stall(worker_id, reply.result)
                 if reply.result.get("status") == "ERROR":
                     self._failed(worker_id, "it reported ERROR",
                                  ErrorInfo.from_dict(reply.result.get("error") or {}), True)
-                    continue
-                stalled = self._stall(worker_id, reply.result)
-                if stalled is not None:
+                elif stalled is not None:
                     self._failed(worker_id, stalled, None, True)
-                    continue
-            elif now - state.last_answer > timeouts.lost_after_s:
+                continue
+            if now - state.last_answer > timeouts.lost_after_s:
                 self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
                 continue
             if not self._name_alive(worker_id):

@@ -41,6 +41,8 @@ class JobState(enum.Enum):
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    """Held by the scheduler (Slurm suspend, a gang-scheduled time slice): its processes exist but cannot run."""
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -51,7 +53,7 @@ class JobState(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN)
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.SUSPENDED, JobState.UNKNOWN)
 
 
 @dataclass(frozen=True)

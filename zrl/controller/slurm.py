@@ -49,8 +49,8 @@ _KILL_WAIT_S = 30.0
 _STATE_MAP = {
     **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
                      "POWER_UP_NODE"), JobState.PENDING),
-    **dict.fromkeys(("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"),
-                    JobState.RUNNING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"), JobState.RUNNING),
+    **dict.fromkeys(("SUSPENDED", "STOPPED"), JobState.SUSPENDED),
     "COMPLETED": JobState.COMPLETED,
     **dict.fromkeys(("FAILED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"), JobState.FAILED),
     **dict.fromkeys(("CANCELLED", "PREEMPTED"), JobState.CANCELLED),
@@ -250,6 +250,8 @@ class SlurmScheduler(Scheduler):
             return WorkerJobStatus(JobState.PENDING, None, f"Slurm job {job.job_id} pending: {job.reason}")
         if job_state is JobState.RUNNING:
             return WorkerJobStatus(JobState.RUNNING, None, f"Slurm job {job.job_id}")
+        if job_state is JobState.SUSPENDED:
+            return WorkerJobStatus(JobState.SUSPENDED, None, f"Slurm job {job.job_id} {job.slurm_state}")
         if job_state is JobState.UNKNOWN:
             return WorkerJobStatus(JobState.UNKNOWN, None, f"Slurm job {job.job_id} in state {job.slurm_state}")
         exit_code = self._job_exit_code(job)
