@@ -11,6 +11,7 @@ import pytest
 from test_controller_e2e import ControllerRun, alive
 
 from zrl.config import ControllerTimeouts
+from zrl.controller.runner import restart_delay
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control import ControlClient
 
@@ -41,6 +42,29 @@ def test_sigkilled_worker_is_restarted_with_on_failure_and_the_run_completes(tmp
     assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
     assert consumer["samples"]["received"] == consumer["distinct"] + consumer["duplicates"]
     assert run.worker_pids() == {}
+
+
+def test_workers_failing_together_are_all_restarted_after_a_backoff(tmp_path: Path):
+    # The second failure is seen while the first worker is being relaunched: it must be restarted too.
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.restart=on_failure", "workers.producer.max_restarts=1",
+                        "workers.producer.restart_backoff_s=0.5")
+    run.wait_for_output("workers RUNNING")
+    time.sleep(0.4)
+    pids = run.worker_pids()
+    for worker in ("producer/0", "producer/1"):
+        os.kill(pids[worker], signal.SIGKILL)
+    assert run.wait() == 0, run.output
+    for worker in ("producer/0", "producer/1"):
+        assert f"worker {worker} failed (its process ended" in run.output
+        assert run.summary()["workers"][worker]["restarts"] == 1
+    assert "restarting it (1/1) in 0.5 s" in run.output
+    consumer = run.summary()["workers"]["consumer/0"]["last"]["stats"]
+    assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
+
+
+def test_restart_delays_double_up_to_a_bound():
+    assert [restart_delay(1.0, n) for n in range(1, 5)] == [1.0, 2.0, 4.0, 8.0]
+    assert restart_delay(1.0, 20) == 60.0 and restart_delay(0.0, 3) == 0.0 and restart_delay(90.0, 2) == 90.0
 
 
 def test_sigkilled_worker_with_never_stops_the_run_within_15_s(tmp_path: Path):

@@ -60,6 +60,9 @@ class WorkerGroupConfig:
     """What a failed worker gets: 'never' stops the experiment, 'on_failure' relaunches and reconfigures it."""
     max_restarts: int = 3
     """Restarts allowed per worker with restart=on_failure; one more failure stops the experiment."""
+    restart_backoff_s: float = 1.0
+    """Seconds before a failed worker is relaunched; doubled for each further restart of that worker (at most 60 s,
+    or this value if larger)."""
     after: tuple[str, ...] = ()
     """Groups configured and started before this one (for example the servers a client connects to)."""
     config: Any = None

@@ -3,7 +3,8 @@
 Failure detection: every `timeouts.status_interval_s` the controller polls the scheduler (a worker process that
 exited), asks every worker for its status (ERROR carries the worker's traceback) and checks its control name (an
 expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST). A failed worker of a group with
-`restart=on_failure` is relaunched and reconfigured up to `max_restarts` times; otherwise the run stops, prints
+`restart=on_failure` is stopped at once and relaunched and reconfigured after `restart_backoff_s` (doubled for each
+further restart of it), up to `max_restarts` times, while the others keep running; otherwise the run stops, prints
 the worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and
 the trial's names are cleared before `run` returns.
 """
@@ -47,6 +48,8 @@ from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
+MAX_RESTART_BACKOFF_S = 60.0
+"""Longest wait before a relaunch, however often the worker has failed."""
 STACK_DUMP_WAIT_S = 0.5
 """Time a stalled worker gets to write its stacks into its log before it is stopped."""
 QUIESCE_S = 10.0
@@ -78,6 +81,13 @@ class WorkerState:
     last_answer: float = 0.0
     restarts: int = 0
     exiting: bool = False
+    relaunch_at: float | None = None
+    """When a failed worker that waits to be relaunched is due (time.monotonic()); None when none is pending."""
+
+
+def restart_delay(backoff_s: float, restart: int) -> float:
+    """Seconds before the `restart`-th relaunch (1-based) of one worker: `backoff_s`, doubled for each earlier one."""
+    return min(backoff_s * 2 ** (restart - 1), max(backoff_s, MAX_RESTART_BACKOFF_S))
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -146,7 +156,7 @@ class Controller:
         launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
         self.scheduler.submit(launches)
         self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
-        self._wait_registered(list(self.workers))
+        self._wait_registered(list(self.workers), restart=False)
         self.timeline["registered"] = time.monotonic() - self.started_at
         for level in group_levels(self.config):
             ids = [w for w, s in self.workers.items() if s.group in level]
@@ -179,10 +189,13 @@ class Controller:
                 except NameEntryNotFoundError:
                     pass
 
-    def _wait_registered(self, worker_ids: list[str]) -> None:
+    def _wait_registered(self, worker_ids: list[str], restart: bool) -> None:
+        """Connect to each worker once its control address appears; with `restart`, failures of any worker are
+        handled by its group's restart policy, and a worker that failed again is no longer waited for."""
         deadline = time.monotonic() + self.config.timeouts.register_s
         waiting = set(worker_ids)
         while waiting:
+            waiting = {w for w in waiting if self.workers[w].relaunch_at is None}
             for worker_id in sorted(waiting):
                 try:
                     address = self.resolver.get(self._control_name(worker_id))
@@ -193,7 +206,7 @@ class Controller:
                 waiting.discard(worker_id)
             if not waiting:
                 return
-            self._check_processes(restart=False)
+            self._check_processes(restart=restart)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers {sorted(waiting)} did not register within "
                                    f"{self.config.timeouts.register_s:g} s (timeouts.register_s); see their logs in "
@@ -223,6 +236,7 @@ class Controller:
         while True:
             self._check_processes(restart=True)
             self._check_statuses()
+            self._relaunch_due()
             self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
             if self._done():
                 return
@@ -314,13 +328,18 @@ class Controller:
             state.exiting = not reason.startswith("it reported")  # a worker in ERROR still answers; others won't
             raise WorkerFailure(worker_id, reason, error)
         state.restarts += 1
-        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts})")
+        delay = restart_delay(spec.restart_backoff_s, state.restarts)
+        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts}) "
+                  f"in {delay:g} s")
         if error is not None:
             self._say(f"  {error}")
-        self._relaunch(worker_id, hung=reason.startswith("LOST"))
+        self._retire(worker_id, hung=reason.startswith("LOST"))
+        state.relaunch_at = time.monotonic() + delay
 
-    def _relaunch(self, worker_id: str, hung: bool) -> None:
+    def _retire(self, worker_id: str, hung: bool) -> None:
+        """Stop a failed worker's process and forget its address; it is relaunched once its backoff has passed."""
         state = self.workers[worker_id]
+        state.status, state.exiting = "RESTARTING", True
         # A hung process acts on no signal but SIGKILL, so it gets no grace period.
         self.scheduler.stop([worker_id], timeout=0 if hung else self.config.timeouts.stop_s)
         self.client.disconnect(worker_id)
@@ -328,10 +347,24 @@ class Controller:
             self.resolver.delete(self._control_name(worker_id))
         except NameEntryNotFoundError:
             pass
-        state.status, state.last_reply = "LAUNCHED", {}
+
+    def _relaunch_due(self) -> None:
+        now = time.monotonic()
+        for worker_id, state in self.workers.items():
+            if state.relaunch_at is not None and state.relaunch_at <= now:
+                self._relaunch(worker_id)
+
+    def _relaunch(self, worker_id: str) -> None:
+        state = self.workers[worker_id]
+        state.status, state.last_reply, state.exiting, state.relaunch_at = "LAUNCHED", {}, False, None
         self.scheduler.submit([worker_launch(self.config, self.paths, state.group, state.index)])
-        self._wait_registered([worker_id])
-        self._configure_and_start([worker_id])
+        self._wait_registered([worker_id], restart=True)
+        if state.relaunch_at is not None:
+            return  # it failed again before it registered, and waits for its next relaunch
+        try:
+            self._configure_and_start([worker_id])
+        except WorkerFailure as failure:
+            self._failed(failure.worker_id, failure.reason, failure.error, restart=True)
 
     # ---- the end ----
 

@@ -101,6 +101,8 @@ def _group_errors(config: ExperimentConfig, name: str) -> list[str]:
             errors.append(f"{key}.resources.{field}: must be >= {low}, got {getattr(group.resources, field)}")
     if group.max_restarts < 0:
         errors.append(f"{key}.max_restarts: must be >= 0, got {group.max_restarts}")
+    if not (math.isfinite(group.restart_backoff_s) and group.restart_backoff_s >= 0):
+        errors.append(f"{key}.restart_backoff_s: must be a finite number >= 0, got {group.restart_backoff_s}")
     for i, other in enumerate(group.after):
         if other not in config.workers or other == name:
             errors.append(f"{key}.after[{i}]: {other!r} is not another worker group; groups: "
