@@ -142,6 +142,31 @@ def test_a_suspended_job_is_waited_for_not_lost(tmp_path: Path, redis_server) ->
 
 
 @pytest.mark.usefixtures("slurm_cluster")
+def test_a_requeued_job_is_followed_not_relaunched(tmp_path: Path) -> None:
+    # As after a preemption: Slurm runs the server's job again under the same id; a relaunch would duplicate it.
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.interval_s=0.2", "workers.server.restart=on_failure")
+    run.wait_for_output("workers RUNNING")
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+    server_job = next(line.split()[0] for line in jobs.splitlines() if line.endswith(f"-{run.trial}-server"))
+    subprocess.run(["scontrol", "requeue", server_job], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while "PENDING" not in subprocess.run(["squeue", "-h", "-j", server_job, "-o", "%T"], capture_output=True,
+                                          text=True, timeout=30).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(8)  # Slurm refuses to start a requeued job again while its first run is still being cleaned up
+    subprocess.run(["scontrol", "update", f"JobId={server_job}", "StartTime=now"], timeout=30)
+    assert run.wait(timeout=120) == 0, run.output
+    assert "worker server/0 was requeued by the scheduler" in run.output
+    assert "restarting it" not in run.output
+    assert [line.split()[0] for line in trial_jobs(run.trial, active_only=False)].count(
+        f"zrl-echo-{run.trial}-server") == 1
+    log = (run.run_dir / "logs" / "server-0.log").read_text()
+    assert log.count("registered control address") == 2 and log.count("started") == 2
+    assert run.summary()["workers"]["consumer/0"]["last"]["stats"]["distinct"] == 400
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
 def test_submit_runs_the_controller_itself_as_a_slurm_job(tmp_path: Path) -> None:
     trial = "submitted"
     result = subprocess.run(

@@ -83,6 +83,12 @@ class WorkerState:
     exiting: bool = False
     relaunch_at: float | None = None
     """When a failed worker that waits to be relaunched is due (time.monotonic()); None when none is pending."""
+    requeues: int = 0
+    """Restarts of its process by the scheduler itself (a requeued Slurm job), as last seen."""
+    rejoining: bool = False
+    """Requeued by the scheduler: it is configured and started again once its new process runs."""
+    stale_address: str = ""
+    """The control address of its process before the requeue, which its new process replaces."""
 
 
 def restart_delay(backoff_s: float, restart: int) -> float:
@@ -201,6 +207,9 @@ class Controller:
                     address = self.resolver.get(self._control_name(worker_id))
                 except NameEntryNotFoundError:
                     continue
+                if address == self.workers[worker_id].stale_address:
+                    continue  # the process before a requeue; its successor will replace the name
+                self.workers[worker_id].stale_address = ""
                 self.client.connect(worker_id, address)
                 self.workers[worker_id].last_answer = time.monotonic()
                 waiting.discard(worker_id)
@@ -237,6 +246,7 @@ class Controller:
             self._check_processes(restart=True)
             self._check_statuses()
             self._relaunch_due()
+            self._rejoin_due()
             self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
             if self._done():
                 return
@@ -252,13 +262,39 @@ class Controller:
         self.job_states = self.scheduler.poll()
         for worker_id, job in self.job_states.items():
             state = self.workers.get(worker_id)
-            if state is None or state.exiting or not job.state.finished:
+            if state is not None and job.requeues > state.requeues:
+                self._follow_requeue(worker_id, job)
+            if state is None or (state.exiting and not state.rejoining) or not job.state.finished:
                 continue
             if job.exit_code == 0 and state.status == "COMPLETED":
                 state.exiting = True  # finished its work and left on its own
                 continue
             reason = f"its process ended ({job.state.value}: {job.detail or f'exit code {job.exit_code}'})"
             self._failed(worker_id, reason, None, restart)
+
+    def _follow_requeue(self, worker_id: str, job: WorkerJobStatus) -> None:
+        """The scheduler restarts this worker's process itself (Slurm requeue): wait for it instead of relaunching
+        it, so no second copy runs; it is configured and started again once it registers."""
+        state = self.workers[worker_id]
+        state.requeues = job.requeues
+        if state.exiting and not state.rejoining:
+            return  # done with, or already being relaunched by the controller
+        self._say(f"worker {worker_id} was requeued by the scheduler ({job.detail or job.state.value}); it is "
+                  "configured and started again once it runs")
+        if worker_id in self.client.workers:
+            state.stale_address = self.client.address(worker_id)
+            self.client.disconnect(worker_id)
+        state.status, state.exiting, state.rejoining = "REQUEUED", True, True
+
+    def _rejoin_due(self) -> None:
+        for worker_id, state in self.workers.items():
+            job = self.job_states.get(worker_id)
+            if not state.rejoining or job is None or job.state is not JobState.RUNNING:
+                continue
+            state.rejoining, state.exiting, state.status, state.last_reply = False, False, "LAUNCHED", {}
+            self._wait_registered([worker_id], restart=True)
+            if state.relaunch_at is None:
+                self._start_again(worker_id)
 
     def _check_statuses(self) -> None:
         active = [w for w, s in self.workers.items() if not s.exiting]
@@ -339,7 +375,7 @@ class Controller:
     def _retire(self, worker_id: str, hung: bool) -> None:
         """Stop a failed worker's process and forget its address; it is relaunched once its backoff has passed."""
         state = self.workers[worker_id]
-        state.status, state.exiting = "RESTARTING", True
+        state.status, state.exiting, state.rejoining = "RESTARTING", True, False
         # A hung process acts on no signal but SIGKILL, so it gets no grace period.
         self.scheduler.stop([worker_id], timeout=0 if hung else self.config.timeouts.stop_s)
         self.client.disconnect(worker_id)
@@ -359,8 +395,11 @@ class Controller:
         state.status, state.last_reply, state.exiting, state.relaunch_at = "LAUNCHED", {}, False, None
         self.scheduler.submit([worker_launch(self.config, self.paths, state.group, state.index)])
         self._wait_registered([worker_id], restart=True)
-        if state.relaunch_at is not None:
-            return  # it failed again before it registered, and waits for its next relaunch
+        if state.relaunch_at is None:  # else it failed again before it registered, and waits for its next relaunch
+            self._start_again(worker_id)
+
+    def _start_again(self, worker_id: str) -> None:
+        """Configure and start a worker whose process was started again; a failure is handled by its restart policy."""
         try:
             self._configure_and_start([worker_id])
         except WorkerFailure as failure:

@@ -62,6 +62,9 @@ class WorkerJobStatus:
     exit_code: int | None = None
     detail: str = ""
     """Free text from the scheduler, e.g. Slurm's Reason or 'killed by signal 9'."""
+    requeues: int = 0
+    """How often the scheduler itself restarted the worker's process (a requeued Slurm job): each time it starts
+    afresh and registers again, without a new submission."""
 
 
 class Scheduler(abc.ABC):

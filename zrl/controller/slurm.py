@@ -7,6 +7,7 @@ without accounting work too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -81,6 +82,12 @@ class _Job:
     exit_code: int | None = None
     exit_code_checked: bool = False
     seen: bool = False
+    started: bool = False
+    """Seen running since its last (re)queue."""
+    requeues: int = 0
+    """Slurm's restart count of the job (SLURM_RESTART_COUNT of its current run)."""
+    requeue_checked: bool = False
+    """scontrol was asked about a requeue since the job's current run began."""
     vanished: bool = False
     """squeue no longer lists the job (purged after MinJobAge, or never listed within _LIST_GRACE_S)."""
     submitted_at: float = field(default_factory=time.monotonic)
@@ -195,10 +202,36 @@ class SlurmScheduler(Scheduler):
             if job is not None:
                 job.slurm_state, job.reason, job.seen = state.strip(), reason.strip(), True
                 listed.add(job.job_id)
+                self._note_requeue(job)
         for job in pending:
             if job.job_id not in listed and (job.seen or self._last_query - job.submitted_at > _LIST_GRACE_S):
                 job.vanished = True
                 job.reason = "no longer listed by squeue"
+
+    def _note_requeue(self, job: _Job) -> None:
+        """Track Slurm's restart count: a job seen running that is pending again was requeued (preemption,
+        `scontrol requeue`, a node failure) and will run its workers afresh under the same job id."""
+        if job.state is JobState.RUNNING or job.state is JobState.SUSPENDED:
+            job.started = True
+        elif job.state is JobState.PENDING and job.started:
+            self._check_requeued(job)
+
+    def _check_requeued(self, job: _Job) -> bool:
+        """Ask scontrol whether `job` was requeued since we last looked; if so, start following its new run."""
+        job.requeue_checked = True
+        try:
+            text = _run(["scontrol", "show", "job", "-o", job.job_id], "poll")
+        except SlurmError as error:
+            log.warning("%s", error)
+            return False
+        restarts = re.search(r"\bRestarts=(\d+)", text)
+        if restarts is None or int(restarts[1]) <= job.requeues:
+            return False
+        job.requeues, job.started, job.requeue_checked = int(restarts[1]), False, False
+        job.exit_code, job.exit_code_checked = None, False
+        job.slurm_state = "REQUEUED"  # pending again, whatever squeue showed last (COMPLETING, PREEMPTED)
+        log.warning("Slurm job %s was requeued (restart %d)", job.job_id, job.requeues)
+        return True
 
     def _job_exit_code(self, job: _Job) -> int | None:
         if not job.exit_code_checked and job.state.finished and not job.vanished:
@@ -218,7 +251,7 @@ class SlurmScheduler(Scheduler):
 
     def _read_exit_code(self, worker: _Worker) -> int | None:
         try:
-            text = exit_file(self.state_dir, worker.launch, worker.job.job_id).read_text().strip()
+            text = exit_file(self.state_dir, worker.launch, worker.job.job_id, worker.job.requeues).read_text().strip()
         except OSError:
             return None
         return int(text) if text.lstrip("-").isdigit() else None
@@ -235,6 +268,8 @@ class SlurmScheduler(Scheduler):
     def _worker_status(self, worker: _Worker) -> WorkerJobStatus:
         job = worker.job
         code = self._read_exit_code(worker)
+        if code not in (None, 0) and job.alive and not job.requeue_checked and self._check_requeued(job):
+            code = self._read_exit_code(worker)  # the record was of the run before the requeue
         job_state = job.state
         if code == 0:
             return WorkerJobStatus(JobState.COMPLETED, 0)
@@ -254,6 +289,8 @@ class SlurmScheduler(Scheduler):
             return WorkerJobStatus(JobState.SUSPENDED, None, f"Slurm job {job.job_id} {job.slurm_state}")
         if job_state is JobState.UNKNOWN:
             return WorkerJobStatus(JobState.UNKNOWN, None, f"Slurm job {job.job_id} in state {job.slurm_state}")
+        if job.slurm_state.startswith("PREEMPTED") and not job.requeue_checked and self._check_requeued(job):
+            return WorkerJobStatus(JobState.PENDING, None, f"Slurm job {job.job_id} was preempted and requeued")
         exit_code = self._job_exit_code(job)
         if job_state is JobState.COMPLETED:
             return self._failure(worker, JobState.FAILED, exit_code,
@@ -263,7 +300,8 @@ class SlurmScheduler(Scheduler):
 
     def poll(self) -> dict[str, WorkerJobStatus]:
         self._refresh()
-        return {worker_id: self._worker_status(worker) for worker_id, worker in self._workers.items()}
+        return {worker_id: dataclasses.replace(self._worker_status(worker), requeues=worker.job.requeues)
+                for worker_id, worker in self._workers.items()}
 
     # --- stopping -----------------------------------------------------------------------------------------------
 
