@@ -103,6 +103,24 @@ def test_a_hung_worker_is_lost_then_every_job_ends_and_the_summary_is_written(tm
 
 
 @pytest.mark.usefixtures("slurm_cluster")
+def test_a_hung_worker_is_killed_and_relaunched_as_its_own_job(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.interval_s=0.2", "workers.server.restart=on_failure",
+                        "workers.server.restart_backoff_s=0", "timeouts.lost_after_s=2")
+    run.wait_for_output("workers RUNNING")
+    hung = run.worker_pids()["server/0"]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert run.wait(timeout=90) == 0, run.output
+    finally:
+        if alive(hung):
+            os.kill(hung, signal.SIGKILL)
+    assert "worker server/0 failed (LOST: no answer for" in run.output and "restarting it (1/3)" in run.output
+    assert f"zrl-echo-{run.trial}-server-0" in [line.split()[0] for line in trial_jobs(run.trial, active_only=False)]
+    assert run.summary()["workers"]["consumer/0"]["last"]["stats"]["distinct"] == 400
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
 def test_jobs_end_when_the_controller_is_sigkilled(tmp_path: Path) -> None:
     run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
                         "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000",
