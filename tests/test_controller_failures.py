@@ -121,12 +121,15 @@ def test_sigint_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
-def test_sigterm_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_the_controller_leaves_no_worker_alive(tmp_path: Path, sig: signal.Signals):
     run = ControllerRun(tmp_path, *SLOW)
     run.wait_for_output("workers RUNNING")
     pids = run.worker_pids()
-    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(sig)
     assert run.wait(timeout=20) == 130, run.output
+    assert "interrupted: stopping every worker" in run.output
+    assert run.summary()["exit_code"] == 130
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
@@ -161,17 +164,6 @@ def test_a_hung_worker_dies_soon_after_its_controller_is_sigkilled(tmp_path: Pat
                 os.kill(pid, signal.SIGKILL)
     log = (run.run_dir / "logs" / "producer-0.log").read_text()
     assert "has exited; exiting" in log and "in _poll" in log  # the stack dump shows where it hung
-
-
-def test_sighup_to_the_controller_stops_every_worker_like_sigterm(tmp_path: Path):
-    run = ControllerRun(tmp_path, *SLOW)
-    run.wait_for_output("workers RUNNING")
-    pids = run.worker_pids()
-    run.process.send_signal(signal.SIGHUP)
-    assert run.wait(timeout=20) == 130, run.output
-    assert "interrupted: stopping every worker" in run.output
-    assert run.summary()["exit_code"] == 130
-    assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
 def test_a_worker_stuck_in_poll_is_lost_with_its_stacks_in_its_log(tmp_path: Path):

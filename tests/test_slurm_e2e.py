@@ -17,6 +17,9 @@ from test_slurm import slurm_cluster  # noqa: F401 - the session fixture, shared
 pytestmark = pytest.mark.slurm
 
 SLURM = ("scheduler=slurm", "slurm.poll_interval_s=0.2")
+# A run that only ends when it is stopped.
+ENDLESS = ("workers.producer.config.num_samples=1000000", "workers.producer.config.interval_s=0.05",
+           "workers.consumer.config.expected_samples=2000000")
 
 
 def trial_jobs(trial: str, active_only: bool) -> list[str]:
@@ -70,8 +73,7 @@ def test_a_worker_exiting_non_zero_fails_the_run_with_its_log_tail(tmp_path: Pat
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> None:
-    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
-                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000")
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS)
     run.wait_for_output("workers RUNNING")
     assert len(trial_jobs(run.trial, active_only=True)) == 3
     pids = run.worker_pids()
@@ -84,8 +86,7 @@ def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_hung_worker_is_lost_then_every_job_ends_and_the_summary_is_written(tmp_path: Path) -> None:
-    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
-                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000",
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS,
                         "timeouts.lost_after_s=2", "timeouts.stop_s=2")
     run.wait_for_output("workers RUNNING")
     pids = run.worker_pids()
@@ -122,8 +123,7 @@ def test_a_hung_worker_is_killed_and_relaunched_as_its_own_job(tmp_path: Path) -
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_jobs_end_when_the_controller_is_sigkilled(tmp_path: Path) -> None:
-    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
-                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000",
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS,
                         "timeouts.controller_lease_s=4", "timeouts.exit_grace_s=2")
     run.wait_for_output("workers RUNNING")
     run.process.kill()

@@ -219,12 +219,7 @@ class SlurmScheduler(Scheduler):
     def _check_requeued(self, job: _Job) -> bool:
         """Ask scontrol whether `job` was requeued since we last looked; if so, start following its new run."""
         job.requeue_checked = True
-        try:
-            text = _run(["scontrol", "show", "job", "-o", job.job_id], "poll")
-        except SlurmError as error:
-            log.warning("%s", error)
-            return False
-        restarts = re.search(r"\bRestarts=(\d+)", text)
+        restarts = re.search(r"\bRestarts=(\d+)", _show_job(job.job_id))
         if restarts is None or int(restarts[1]) <= job.requeues:
             return False
         job.requeues, job.started, job.requeue_checked = int(restarts[1]), False, False
@@ -236,12 +231,7 @@ class SlurmScheduler(Scheduler):
     def _job_exit_code(self, job: _Job) -> int | None:
         if not job.exit_code_checked and job.state.finished and not job.vanished:
             job.exit_code_checked = True
-            try:
-                text = _run(["scontrol", "show", "job", "-o", job.job_id], "poll")
-            except SlurmError as error:
-                log.warning("%s", error)
-                return None
-            for token in text.split():
+            for token in _show_job(job.job_id).split():
                 if token.startswith("ExitCode="):
                     code, _, signal = token.removeprefix("ExitCode=").partition(":")
                     if code.isdigit() and signal.isdigit():
@@ -438,6 +428,15 @@ def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, 
     _write_private(script_path, script)
     job_id = _sbatch(script_path)
     return job_id, run_dir / f"controller-{job_id}.log"
+
+
+def _show_job(job_id: str) -> str:
+    """`scontrol show job -o` of one job, or '' (with a warning) when scontrol fails."""
+    try:
+        return _run(["scontrol", "show", "job", "-o", job_id], "poll")
+    except SlurmError as error:
+        log.warning("%s", error)
+        return ""
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -193,6 +193,8 @@ class RedisNameResolver(NameResolver):
             # Judged after the call: this process may have been stopped while the script was on its way.
             result = self._reclaim(name, value, ttl,
                                    expired=time.monotonic() > self._kept_until.get(name, float("inf")))
+        elif result == 2:  # re-created after an outage: on the server that now runs
+            self._run_id_of[name] = self._server_run_id()
         if result != 0:
             self._kept_until[name] = started + ttl
         if result == 2:
