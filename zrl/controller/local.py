@@ -3,8 +3,8 @@
 Each worker runs in its own session (process group), so a Ctrl-C on the terminal reaches only the controller,
 which then stops the workers; `stop` signals the worker's process group by its pid, so helper processes the
 worker started go too. On Linux a worker also gets SIGTERM if the controller dies without stopping it, and exits
-soon after even when its main loop hangs (its lifeline watches the parent pid). GPU workers get `CUDA_VISIBLE_DEVICES` round-robin over the visible GPUs; a relaunched worker gets the GPUs
-it had.
+soon after even when its main loop hangs (its lifeline watches the parent pid). GPU workers get
+`CUDA_VISIBLE_DEVICES` round-robin over the visible GPUs; a relaunched worker gets the GPUs it had.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class Controller:
     def run(self) -> int:
         try:
             self.claim_trial()
-        except TrialInUseError as exc:
+        except (TrialInUseError, NameResolveError) as exc:
             self._say(f"error: {exc}")
             return 1
         self.paths.config.write_text(json.dumps(to_plain(self.config), indent=2))

@@ -17,7 +17,7 @@ import signal
 import sys
 from types import FrameType
 
-from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV
+from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts
 from zrl.hosts import node_address
 from zrl.nameresolve import make_name_resolver, names
 from zrl.workers.base import WorkerContext
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", default="", help="run directory for the files the worker keeps")
     parser.add_argument("--controller-lease", type=float, default=0.0,
                         help="exit once the controller's lease name has lapsed for this many seconds (0: never)")
-    parser.add_argument("--exit-grace", type=float, default=10.0,
+    parser.add_argument("--exit-grace", type=float, default=ControllerTimeouts.exit_grace_s,
                         help="seconds to exit cleanly once the controller is gone, before a hard exit")
     return parser.parse_args(argv)
 
