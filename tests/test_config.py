@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -94,9 +95,19 @@ def test_memory_name_service_is_rejected_for_worker_processes():
     validate(echo_config(name_resolve="redis://127.0.0.1:6379/0"))
 
 
-def test_trial_defaults_to_a_timestamp():
-    config = complete(dataclasses.replace(echo_config(), trial=""), clock=lambda: 0.0)
-    assert len(config.trial) == len("19700101-000000") and config.trial[8] == "-"
+def test_trial_defaults_to_a_timestamp_and_two_runs_in_one_second_get_different_trials():
+    first, second = (complete(dataclasses.replace(echo_config(), trial=""), clock=lambda: 0.0) for _ in range(2))
+    assert first.trial[:15] == time.strftime("%Y%m%d-%H%M%S", time.localtime(0.0)) and first.trial[8] == "-"
+    assert first.trial != second.trial
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_numbers_are_refused_naming_the_key(value: str):
+    with pytest.raises(ConfigError, match=rf"timeouts.lost_after_s: expected a finite number, got '{value}'"):
+        apply_overrides(echo_config(), [f"timeouts.lost_after_s={value}"])
+    timeouts = dataclasses.replace(echo_config().timeouts, stop_s=float(value))
+    with pytest.raises(ConfigError, match="timeouts.stop_s: must be a finite number"):
+        validate(dataclasses.replace(echo_config(), timeouts=timeouts))
 
 
 def test_help_shows_every_field_docstring():

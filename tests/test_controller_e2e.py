@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import subprocess
 import sys
 import time
@@ -127,3 +129,22 @@ def test_bad_overrides_are_clear_errors_and_start_nothing(tmp_path: Path):
     assert "workers.producer.count: expected an int, got 'abc'" in run.output
     assert not run.run_dir.exists()
     assert run.worker_pids() == {}
+
+
+def test_worker_host_auto_advertises_a_non_loopback_address(tmp_path: Path):
+    # On a stock /etc/hosts the host name resolves to a loopback address, which other nodes cannot reach.
+    run = ControllerRun(tmp_path, "worker_host=auto")
+    assert run.wait() == 0, run.output
+    log = (run.run_dir / "logs" / "server-0.log").read_text()
+    address = re.search(r"registered control address tcp://([^:]+):", log)[1]
+    assert not ipaddress.ip_address(address).is_loopback, log
+
+
+def test_a_second_controller_of_a_running_trial_is_refused_and_clears_nothing(tmp_path: Path):
+    first = ControllerRun(tmp_path, "workers.producer.config.batch_size=10", "workers.producer.config.interval_s=0.2")
+    first.wait_for_output("workers RUNNING")
+    second = ControllerRun(tmp_path, f"trial={first.trial}")
+    assert second.wait(timeout=30) == 1, second.output
+    assert f"trial echo/{first.trial} is being run by the controller" in second.output
+    assert first.wait() == 0, first.output
+    check_counts(first.summary(), 2, 200)

@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 from test_controller_e2e import ControllerRun, alive
 
+from zrl.config import ControllerTimeouts
+from zrl.controller.runner import restart_delay
+from zrl.nameresolve import make_name_resolver, names
+from zrl.streams.control import ControlClient
+
 # A run long enough to be hit mid-way: 2 producers x 10 batches, each batch followed by a 0.15 s pause.
 SLOW = ("workers.producer.config.num_samples=100", "workers.producer.config.batch_size=10",
         "workers.producer.config.interval_s=0.15", "workers.consumer.config.expected_samples=200")
@@ -37,6 +42,29 @@ def test_sigkilled_worker_is_restarted_with_on_failure_and_the_run_completes(tmp
     assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
     assert consumer["samples"]["received"] == consumer["distinct"] + consumer["duplicates"]
     assert run.worker_pids() == {}
+
+
+def test_workers_failing_together_are_all_restarted_after_a_backoff(tmp_path: Path):
+    # The second failure is seen while the first worker is being relaunched: it must be restarted too.
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.restart=on_failure", "workers.producer.max_restarts=1",
+                        "workers.producer.restart_backoff_s=0.5")
+    run.wait_for_output("workers RUNNING")
+    time.sleep(0.4)
+    pids = run.worker_pids()
+    for worker in ("producer/0", "producer/1"):
+        os.kill(pids[worker], signal.SIGKILL)
+    assert run.wait() == 0, run.output
+    for worker in ("producer/0", "producer/1"):
+        assert f"worker {worker} failed (its process ended" in run.output
+        assert run.summary()["workers"][worker]["restarts"] == 1
+    assert "restarting it (1/1) in 0.5 s" in run.output
+    consumer = run.summary()["workers"]["consumer/0"]["last"]["stats"]
+    assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
+
+
+def test_restart_delays_double_up_to_a_bound():
+    assert [restart_delay(1.0, n) for n in range(1, 5)] == [1.0, 2.0, 4.0, 8.0]
+    assert restart_delay(1.0, 20) == 60.0 and restart_delay(0.0, 3) == 0.0 and restart_delay(90.0, 2) == 90.0
 
 
 def test_sigkilled_worker_with_never_stops_the_run_within_15_s(tmp_path: Path):
@@ -93,12 +121,15 @@ def test_sigint_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
-def test_sigterm_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_the_controller_leaves_no_worker_alive(tmp_path: Path, sig: signal.Signals):
     run = ControllerRun(tmp_path, *SLOW)
     run.wait_for_output("workers RUNNING")
     pids = run.worker_pids()
-    run.process.send_signal(signal.SIGTERM)
+    run.process.send_signal(sig)
     assert run.wait(timeout=20) == 130, run.output
+    assert "interrupted: stopping every worker" in run.output
+    assert run.summary()["exit_code"] == 130
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
@@ -114,8 +145,30 @@ def test_workers_exit_when_the_controller_is_killed(tmp_path: Path):
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
 
 
-def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
+def test_a_hung_worker_dies_soon_after_its_controller_is_sigkilled(tmp_path: Path):
+    # Its _poll never returns, so the parent-death SIGTERM alone would only set a flag that nothing reads.
+    run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=0", "timeouts.exit_grace_s=2")
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    time.sleep(0.5)
+    run.process.kill()
+    run.process.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert [worker for worker, pid in pids.items() if alive(pid)] == []
+    finally:
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    log = (run.run_dir / "logs" / "producer-0.log").read_text()
+    assert "has exited; exiting" in log and "in _poll" in log  # the stack dump shows where it hung
+
+
+def test_a_worker_stuck_in_poll_is_lost_with_its_stacks_in_its_log(tmp_path: Path):
     # The producer's control thread keeps answering and its name stays alive; only its _poll never returns.
+    assert 0 < ControllerTimeouts().poll_stall_s < float("inf")  # on by default; the run below shortens it
     run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=20", "timeouts.poll_stall_s=2",
                         "timeouts.stop_s=2")
     assert run.wait(timeout=40) == 1, run.output
@@ -123,4 +176,22 @@ def test_a_worker_stuck_in_poll_is_lost_when_poll_stall_is_set(tmp_path: Path):
     failed = run.output.split("error: worker ")[1].split()[0]
     assert failed.startswith("producer/")
     assert run.summary()["workers"][failed]["status"] == "LOST"
+    assert run.worker_pids() == {}
+    log = (run.run_dir / "logs" / f"{failed.replace('/', '-')}.log").read_text()
+    assert "in deadlock_in_native_code" in log and "in _poll" in log
+
+
+def test_a_worker_paused_and_never_resumed_stops_the_run(tmp_path: Path):
+    run = ControllerRun(tmp_path, *SLOW, "timeouts.poll_stall_s=2")
+    run.wait_for_output("workers RUNNING")
+    resolver = make_name_resolver(f"file://{run.run_dir / 'names'}")
+    client = ControlClient(run.trial, sender="operator")
+    try:
+        client.connect("consumer/0", resolver.get(names.worker_control("echo", run.trial, "consumer/0")))
+        assert client.request("consumer/0", "pause", timeout=5)["consumer/0"].ok
+        assert run.wait(timeout=30) == 1, run.output
+    finally:
+        client.close()
+        resolver.close()
+    assert "error: worker consumer/0 failed: it has been PAUSED for" in run.output
     assert run.worker_pids() == {}

@@ -43,6 +43,18 @@ def test_gpu_workers_get_devices_round_robin_and_env_reaches_the_worker(tmp_path
                        "policy/3": "0 policy3", "trainer/0": "1,2 trainer0", "rollout/0": "none rollout0"}
 
 
+def test_a_relaunched_gpu_worker_gets_the_devices_it_had(tmp_path: Path):
+    scheduler = LocalScheduler(gpus=["0", "1", "2"])
+    code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    launches = [launch(tmp_path, "policy", i, code, gpus=1) for i in range(2)]
+    scheduler.submit(launches)
+    wait_finished(scheduler, ["policy/0", "policy/1"])
+    scheduler.submit([launches[0]])  # the relaunch of a worker whose process ended
+    wait_finished(scheduler, ["policy/0"])
+    assert launches[0].log_path.read_text().split() == ["0", "0"]
+    assert launches[1].log_path.read_text().split() == ["1"]
+
+
 def test_gpu_workers_without_gpus_are_refused(tmp_path: Path):
     with pytest.raises(RuntimeError, match="need GPUs"):
         LocalScheduler(gpus=[]).submit([launch(tmp_path, "policy", 0, "pass", gpus=1)])

@@ -340,29 +340,45 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("backend", ["file", "redis"])
-def test_names_of_a_killed_process_expire(backend: str, request: pytest.FixtureRequest,
-                                          tmp_path: Path) -> None:
-    url = backend_url(backend, request, tmp_path)
-    ttl = 1.0
+OWNED = "exp/t/worker/rollout/0"
+OWNED_TTL = 1.0
+
+
+@pytest.fixture(params=["file", "redis"])
+def owner(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, NameResolver]]:
+    """A separate process that holds the keepalive name OWNED, and a reader of the same service."""
+    url = backend_url(request.param, request, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url, "exp/t/worker/rollout/0", str(ttl)],
-                             stdout=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url, OWNED, str(OWNED_TTL)], stdout=subprocess.PIPE,
+                             env=env, text=True)
     reader = make_name_resolver(url)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        time.sleep(1.5 * ttl)  # longer than the TTL: the child's refresher is keeping the name
-        assert reader.get("exp/t/worker/rollout/0") == "alive"
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-        killed = time.monotonic()
-        assert eventually(lambda: not exists(reader, "exp/t/worker/rollout/0"), timeout=2 * ttl)
-        assert time.monotonic() - killed > ttl / 3  # it expired, rather than having been deleted
+        yield child, reader
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
+        child.kill()
+        child.wait(10)
         reader.close()
+
+
+def test_names_of_a_killed_process_expire(owner: tuple[subprocess.Popen, NameResolver]) -> None:
+    child, reader = owner
+    time.sleep(1.5 * OWNED_TTL)  # longer than the TTL: the child's refresher is keeping the name
+    assert reader.get(OWNED) == "alive"
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    killed = time.monotonic()
+    assert eventually(lambda: not exists(reader, OWNED), timeout=2 * OWNED_TTL)
+    assert time.monotonic() - killed > OWNED_TTL / 3  # it expired, rather than having been deleted
+
+
+def test_names_of_a_suspended_process_come_back_when_it_resumes(owner: tuple[subprocess.Popen, NameResolver]) -> None:
+    # A process stopped (SIGSTOP, a suspended Slurm job) longer than its TTL still owns its names.
+    child, reader = owner
+    child.send_signal(signal.SIGSTOP)
+    assert eventually(lambda: not exists(reader, OWNED), timeout=3 * OWNED_TTL)
+    child.send_signal(signal.SIGCONT)
+    assert eventually(lambda: exists(reader, OWNED), timeout=3 * OWNED_TTL)
 
 
 def test_memory_stores_are_shared_by_name_only() -> None:
@@ -396,20 +412,25 @@ def test_file_backend_needs_absolute_path_and_reports_corrupt_entries(tmp_path: 
         ns.close()
 
 
-def test_redis_keepalive_entry_returns_after_restart(redis_server) -> None:
-    ttl = 1.0
+# A restart shorter than the refresh period fails no command (the client reconnects silently), so only the
+# server's identity tells of it.
+@pytest.mark.parametrize(("ttl", "downtime"), [(1.0, 0.5), (3.0, 0.0)], ids=["slow-restart", "fast-restart"])
+def test_redis_keepalive_entry_returns_after_restart(redis_server, ttl: float, downtime: float) -> None:
     owner = RedisNameResolver(redis_server.url, retry_timeout=5)
     reader = RedisNameResolver(redis_server.url, retry_timeout=5)
     try:
         owner.add("exp/t/server", "addr", keepalive_ttl=ttl)
         owner.add("exp/t/plain", "p")
-        redis_server.restart(downtime=0.5)
+        redis_server.restart(downtime=downtime)
         restarted = time.monotonic()
         assert not exists(reader, "exp/t/plain")  # no persistence: the restart lost every key
         assert reader.wait("exp/t/server", timeout=2 * ttl) == "addr"
         assert time.monotonic() - restarted < 2 * ttl
         assert reader.find_subtree("exp/t") == ["exp/t/server"]
         owner.add("exp/t/new", "n")  # the owner's own operations work again too
+        reader.delete("exp/t/server")  # a name deleted elsewhere is still not resurrected
+        time.sleep(ttl / 3 + 0.5)
+        assert not exists(reader, "exp/t/server")
     finally:
         owner.close()
         reader.close()
@@ -482,7 +503,7 @@ def test_names_build_keys_under_the_trial_root() -> None:
         names.worker_root("exp", "t", "producer"), names.worker_status("exp", "t", wid),
         names.worker_control("exp", "t", wid), names.inference_stream("exp", "t", "policy"),
         names.sample_stream("exp", "t", "samples"), names.param_version("exp", "t", "actor"),
-        names.trainer_ddp("exp", "t", "actor", "rank", "0"),
+        names.trainer_ddp("exp", "t", "actor", "rank", "0"), names.controller("exp", "t"),
     ]
     assert all(key.startswith(root + "/") for key in keys)
     assert len(set(keys)) == len(keys)

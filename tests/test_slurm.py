@@ -14,7 +14,15 @@ import pytest
 from conftest import require
 
 from zrl.controller.scheduler import JobState, Resources, SlurmOptions, WorkerJobStatus, WorkerLaunch
-from zrl.controller.slurm import SlurmError, SlurmScheduler, map_slurm_state, submit_controller
+from zrl.controller.slurm import (
+    SlurmError,
+    SlurmScheduler,
+    check_worker_host,
+    loopback_refusal,
+    map_slurm_state,
+    partition_nodes,
+    submit_controller,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -170,6 +178,30 @@ def test_stop_cancels_one_step_then_whole_jobs(scheduler: SlurmScheduler, run_di
     assert scheduler.poll()["sleepers/1"].state is JobState.CANCELLED
 
 
+def test_stop_without_grace_kills_a_step_then_a_job_that_ignore_sigterm(scheduler: SlurmScheduler,
+                                                                        run_dir: Path) -> None:
+    # What the controller does to a LOST (hung) worker: no grace period, and no error while Slurm still
+    # shows the job it is killing as RUNNING or COMPLETING.
+    code = ("import faulthandler, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "faulthandler.register(signal.SIGUSR1, all_threads=True); print('up', flush=True); time.sleep(120)")
+    scheduler.submit([python_worker(run_dir, "hung", i, code) for i in range(2)])
+    logs = [run_dir / "logs" / f"hung-{i}.log" for i in range(2)]
+    deadline = time.monotonic() + 30
+    while not all(log.exists() and "up" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    scheduler.dump_stacks(["hung/1"])  # what the controller asks of a stalled worker before it is stopped
+    while "most recent call first" not in logs[1].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "most recent call first" in logs[1].read_text()
+    started = time.monotonic()
+    scheduler.stop(["hung/0"], timeout=0)
+    states = scheduler.poll()
+    assert states["hung/0"].state.finished and states["hung/1"].state is JobState.RUNNING
+    scheduler.stop(timeout=0)
+    assert time.monotonic() - started < 30
+    assert squeue_active(sorted(set(scheduler.job_ids().values()))) == ""
+
+
 def test_stopping_a_worker_of_a_pending_job_keeps_it_from_starting(slurm_cluster: str, run_dir: Path) -> None:
     held = SlurmScheduler(SlurmOptions(poll_interval_s=0.1, extra_sbatch_lines=("#SBATCH --hold",)), run_dir)
     try:
@@ -246,7 +278,8 @@ def test_missing_sbatch_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     ("COMPLETING", JobState.RUNNING), ("COMPLETED", JobState.COMPLETED), ("FAILED", JobState.FAILED),
     ("CANCELLED by 0", JobState.CANCELLED), ("TIMEOUT", JobState.TIMEOUT), ("NODE_FAIL", JobState.NODE_FAIL),
     ("OUT_OF_MEMORY", JobState.OUT_OF_MEMORY), ("PREEMPTED", JobState.CANCELLED), ("BOOT_FAIL", JobState.FAILED),
-    ("", JobState.UNKNOWN), ("SOMETHING_NEW", JobState.UNKNOWN),
+    ("SUSPENDED", JobState.SUSPENDED), ("STOPPED", JobState.SUSPENDED), ("", JobState.UNKNOWN),
+    ("SOMETHING_NEW", JobState.UNKNOWN),
 ])
 def test_slurm_states_map_to_job_states(slurm: str, expected: JobState) -> None:
     assert map_slurm_state(slurm) is expected
@@ -265,3 +298,13 @@ def test_submit_controller_runs_the_command_in_a_job_with_its_log_in_the_run_dir
     name = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%j|%T"], capture_output=True, text=True,
                           timeout=30).stdout.strip()
     assert name == "zrl-slurmtest-t1-controller|COMPLETED"
+
+
+def test_a_loopback_worker_host_is_refused_on_a_partition_of_several_nodes(slurm_cluster: str) -> None:
+    assert partition_nodes("") == ["localhost"]  # the test cluster's default partition has one node
+    check_worker_host("127.0.0.1", SlurmOptions())  # one node: loopback works
+    refusal = loopback_refusal("127.0.0.1", "gpu", ["n1", "n2"])
+    assert refusal is not None and "worker_host=127.0.0.1 is a loopback address, but Slurm partition gpu has 2 nodes" \
+        in refusal and "worker_host=auto" in refusal
+    assert loopback_refusal("localhost", "", ["n1", "n2"]) is not None
+    assert loopback_refusal("10.1.2.3", "gpu", ["n1", "n2"]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +17,9 @@ from test_slurm import slurm_cluster  # noqa: F401 - the session fixture, shared
 pytestmark = pytest.mark.slurm
 
 SLURM = ("scheduler=slurm", "slurm.poll_interval_s=0.2")
+# A run that only ends when it is stopped.
+ENDLESS = ("workers.producer.config.num_samples=1000000", "workers.producer.config.interval_s=0.05",
+           "workers.consumer.config.expected_samples=2000000")
 
 
 def trial_jobs(trial: str, active_only: bool) -> list[str]:
@@ -69,8 +73,7 @@ def test_a_worker_exiting_non_zero_fails_the_run_with_its_log_tail(tmp_path: Pat
 
 @pytest.mark.usefixtures("slurm_cluster")
 def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> None:
-    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.num_samples=1000000",
-                        "workers.producer.config.interval_s=0.05", "workers.consumer.config.expected_samples=2000000")
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS)
     run.wait_for_output("workers RUNNING")
     assert len(trial_jobs(run.trial, active_only=True)) == 3
     pids = run.worker_pids()
@@ -79,6 +82,106 @@ def test_sigint_to_the_controller_leaves_no_job_in_squeue(tmp_path: Path) -> Non
     assert run.wait(timeout=30) == 130, run.output
     assert trial_jobs(run.trial, active_only=True) == []
     assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_hung_worker_is_lost_then_every_job_ends_and_the_summary_is_written(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS,
+                        "timeouts.lost_after_s=2", "timeouts.stop_s=2")
+    run.wait_for_output("workers RUNNING")
+    pids = run.worker_pids()
+    os.kill(pids["server/0"], signal.SIGSTOP)
+    try:
+        assert run.wait(timeout=60) == 1, run.output
+    finally:
+        if alive(pids["server/0"]):
+            os.kill(pids["server/0"], signal.SIGKILL)
+    assert "error: worker server/0 failed: LOST: no answer for" in run.output
+    assert "warning: could not" not in run.output
+    assert run.summary()["workers"]["server/0"]["status"] == "LOST"
+    assert wait_no_active_jobs(run.trial) == []
+    assert [worker for worker, pid in pids.items() if alive(pid)] == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_hung_worker_is_killed_and_relaunched_as_its_own_job(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.interval_s=0.2", "workers.server.restart=on_failure",
+                        "workers.server.restart_backoff_s=0", "timeouts.lost_after_s=2")
+    run.wait_for_output("workers RUNNING")
+    hung = run.worker_pids()["server/0"]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        assert run.wait(timeout=90) == 0, run.output
+    finally:
+        if alive(hung):
+            os.kill(hung, signal.SIGKILL)
+    assert "worker server/0 failed (LOST: no answer for" in run.output and "restarting it (1/3)" in run.output
+    assert f"zrl-echo-{run.trial}-server-0" in [line.split()[0] for line in trial_jobs(run.trial, active_only=False)]
+    assert run.summary()["workers"]["consumer/0"]["last"]["stats"]["distinct"] == 400
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_jobs_end_when_the_controller_is_sigkilled(tmp_path: Path) -> None:
+    run = ControllerRun(tmp_path, *SLURM, *ENDLESS,
+                        "timeouts.controller_lease_s=4", "timeouts.exit_grace_s=2")
+    run.wait_for_output("workers RUNNING")
+    run.process.kill()
+    run.process.wait()
+    try:
+        assert wait_no_active_jobs(run.trial, timeout=30) == []
+    finally:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+        left = [line.split()[0] for line in jobs.splitlines() if f"zrl-echo-{run.trial}-" in line]
+        if left:
+            subprocess.run(["scancel", *left], timeout=30)
+    log = (run.run_dir / "logs" / "server-0.log").read_text()
+    assert "lease" in log and "has lapsed; exiting" in log
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_suspended_job_is_waited_for_not_lost(tmp_path: Path, redis_server) -> None:
+    # Suspended longer than lost_after_s and the keepalive TTL: its names lapse and come back on resume.
+    run = ControllerRun(tmp_path, *SLURM, f"name_resolve={redis_server.url}", "workers.producer.config.interval_s=0.2",
+                        "timeouts.lost_after_s=2", "timeouts.keepalive_ttl_s=1")
+    run.wait_for_output("workers RUNNING")
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+    server_job = next(line.split()[0] for line in jobs.splitlines() if line.endswith(f"-{run.trial}-server"))
+    subprocess.run(["scontrol", "suspend", server_job], check=True, timeout=30)
+    try:
+        time.sleep(4)
+        assert run.process.poll() is None, run.output
+    finally:
+        subprocess.run(["scontrol", "resume", server_job], timeout=30)
+    assert run.wait() == 0, run.output
+    check_counts(run.summary(), 2, 200)
+    assert wait_no_active_jobs(run.trial) == []
+
+
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_requeued_job_is_followed_not_relaunched(tmp_path: Path) -> None:
+    # As after a preemption: Slurm runs the server's job again under the same id; a relaunch would duplicate it.
+    run = ControllerRun(tmp_path, *SLURM, "workers.producer.config.interval_s=0.2", "workers.server.restart=on_failure")
+    run.wait_for_output("workers RUNNING")
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+    server_job = next(line.split()[0] for line in jobs.splitlines() if line.endswith(f"-{run.trial}-server"))
+    subprocess.run(["scontrol", "requeue", server_job], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while "PENDING" not in subprocess.run(["squeue", "-h", "-j", server_job, "-o", "%T"], capture_output=True,
+                                          text=True, timeout=30).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(8)  # Slurm refuses to start a requeued job again while its first run is still being cleaned up
+    subprocess.run(["scontrol", "update", f"JobId={server_job}", "StartTime=now"], timeout=30)
+    assert run.wait(timeout=120) == 0, run.output
+    assert "worker server/0 was requeued by the scheduler" in run.output
+    assert "restarting it" not in run.output
+    assert [line.split()[0] for line in trial_jobs(run.trial, active_only=False)].count(
+        f"zrl-echo-{run.trial}-server") == 1
+    log = (run.run_dir / "logs" / "server-0.log").read_text()
+    assert log.count("registered control address") == 2 and log.count("started") == 2
+    assert run.summary()["workers"]["consumer/0"]["last"]["stats"]["distinct"] == 400
+    assert wait_no_active_jobs(run.trial) == []
 
 
 @pytest.mark.usefixtures("slurm_cluster")

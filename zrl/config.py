@@ -13,6 +13,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 NAME_RESOLVE_ENV = "ZRL_NAME_RESOLVE"
 """Environment variable that carries the name service URL to a worker (kept out of argv: it may hold a password)."""
 
+PARENT_PID_ENV = "ZRL_PARENT_PID"
+"""Environment variable with the pid of a local worker's controller; the worker exits soon after that process dies."""
+
 RestartPolicy = Literal["never", "on_failure"]
 SchedulerName = Literal["local", "slurm"]
 
@@ -57,6 +60,9 @@ class WorkerGroupConfig:
     """What a failed worker gets: 'never' stops the experiment, 'on_failure' relaunches and reconfigures it."""
     max_restarts: int = 3
     """Restarts allowed per worker with restart=on_failure; one more failure stops the experiment."""
+    restart_backoff_s: float = 1.0
+    """Seconds before a failed worker is relaunched; doubled for each further restart of that worker (at most 60 s,
+    or this value if larger)."""
     after: tuple[str, ...] = ()
     """Groups configured and started before this one (for example the servers a client connects to)."""
     config: Any = None
@@ -73,15 +79,21 @@ class ControllerTimeouts:
     """Seconds between status polls of every worker."""
     lost_after_s: float = 5.0
     """A worker that has not answered a status request for this long is LOST."""
-    poll_stall_s: float = 0.0
-    """A RUNNING worker whose _poll has not returned for this long is LOST (0: never; set it above the longest
-    legitimate poll, such as a training step)."""
+    poll_stall_s: float = 600.0
+    """A RUNNING worker whose _poll has not returned for this long is LOST, after its stacks are written to its log,
+    and a worker PAUSED this long without a resume fails (0: never; keep it above the longest legitimate poll, such
+    as a training step)."""
     stop_s: float = 10.0
     """Seconds a worker gets to exit after 'exit' before it is killed."""
     keepalive_ttl_s: float = 5.0
     """Keepalive TTL of each worker's control-address name; its expiry marks the worker LOST."""
     max_run_s: float = 0.0
     """Stop the experiment with an error after this many seconds (0: no limit)."""
+    controller_lease_s: float = 60.0
+    """Workers exit once their controller's lease in the name service has lapsed for this long (a controller
+    killed by SIGKILL, OOM or a lost node), so no Slurm job outlives its controller by much more."""
+    exit_grace_s: float = 10.0
+    """Seconds a worker whose controller is gone gets to exit cleanly before it dumps its stacks and ends itself."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ class ExperimentConfig:
     experiment: str = ""
     """Experiment name: the first part of every name-service key and of the run directory."""
     trial: str = ""
-    """Trial name (empty: a timestamp such as 20250101-120000)."""
+    """Trial name (empty: a timestamp and a random suffix, such as 20250101-120000-3fa2c1)."""
     name_resolve: str = ""
     """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory)."""
     scheduler: SchedulerName = "local"
@@ -97,7 +109,8 @@ class ExperimentConfig:
     run_root: str = "runs"
     """Directory that holds runs/{experiment}/{trial}/ (resolved config, worker logs, summary)."""
     worker_host: str = "127.0.0.1"
-    """Address workers bind their sockets to and advertise; 'auto' takes each node's own address (clusters)."""
+    """Address workers bind their sockets to and advertise; 'auto' takes each node's own non-loopback address
+    (clusters; a loopback address is refused for Slurm partitions of several nodes)."""
     done_when: tuple[str, ...] = ()
     """Groups whose workers all reaching COMPLETED ends the run; the other groups are then stopped."""
     progress_interval_s: float = 2.0

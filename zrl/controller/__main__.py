@@ -117,16 +117,23 @@ def run(config: ExperimentConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = RunPaths.for_config(config)
     paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(json.dumps(to_plain(config), indent=2))
     resolver = make_name_resolver(name_resolve_url(config, paths))
 
     def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session went away
+        signal.signal(signum, on_sigterm)
     print(f"running {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
         scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
+        if config.scheduler == "slurm":
+            from zrl.controller.slurm import SlurmError, check_worker_host
+            try:
+                check_worker_host(config.worker_host, config.slurm)
+            except SlurmError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         return Controller(config, scheduler, resolver).run()
     finally:
         resolver.close()

@@ -2,12 +2,15 @@
 
 Each worker runs in its own session (process group), so a Ctrl-C on the terminal reaches only the controller,
 which then stops the workers; `stop` signals the worker's process group by its pid, so helper processes the
-worker started go too. On Linux a worker also gets SIGTERM if the controller dies without stopping it. GPU workers get `CUDA_VISIBLE_DEVICES` round-robin over the visible GPUs.
+worker started go too. On Linux a worker also gets SIGTERM if the controller dies without stopping it, and exits
+soon after even when its main loop hangs (its lifeline watches the parent pid). GPU workers get
+`CUDA_VISIBLE_DEVICES` round-robin over the visible GPUs; a relaunched worker gets the GPUs it had.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
 import signal
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from zrl.config import PARENT_PID_ENV
 from zrl.controller.scheduler import JobState, Scheduler, WorkerJobStatus, WorkerLaunch
 
 
@@ -36,6 +40,7 @@ class LocalScheduler(Scheduler):
         self._next_gpu = itertools.cycle(self.gpus) if self.gpus else None
         self._processes: dict[str, subprocess.Popen] = {}
         self._stopped: set[str] = set()
+        self._devices: dict[str, list[str]] = {}
 
     def submit(self, launches: list[WorkerLaunch]) -> None:
         needed = max((launch.resources.gpus for launch in launches), default=0)
@@ -46,15 +51,24 @@ class LocalScheduler(Scheduler):
             old = self._processes.get(launch.worker_id)
             if old is not None and old.poll() is None:
                 raise RuntimeError(f"worker {launch.worker_id} is still running (pid {old.pid}); stop it first")
-            env = {**os.environ, **launch.env}
+            env = {**os.environ, **launch.env, PARENT_PID_ENV: str(os.getpid())}
             if launch.resources.gpus and self._next_gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(next(self._next_gpu) for _ in range(launch.resources.gpus))
+                env["CUDA_VISIBLE_DEVICES"] = self._devices_for(launch)
             launch.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(launch.log_path, "ab") as log:
                 self._processes[launch.worker_id] = subprocess.Popen(
                     list(launch.argv), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent)
+                    start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
             self._stopped.discard(launch.worker_id)
+
+    def _devices_for(self, launch: WorkerLaunch) -> str:
+        """The GPUs of a worker: the next ones in the cycle, and on a relaunch the ones it had before."""
+        devices = self._devices.get(launch.worker_id)
+        if devices is None or len(devices) != launch.resources.gpus:
+            assert self._next_gpu is not None
+            devices = [next(self._next_gpu) for _ in range(launch.resources.gpus)]
+            self._devices[launch.worker_id] = devices
+        return ",".join(devices)
 
     def pids(self) -> dict[str, int]:
         """The pid of every submitted worker's current process."""
@@ -94,6 +108,12 @@ class LocalScheduler(Scheduler):
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
 
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            proc = self._processes.get(worker_id)
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGUSR1)
+
     def describe(self, launches: list[WorkerLaunch]) -> str:
         lines = []
         for launch in launches:
@@ -105,10 +125,16 @@ class LocalScheduler(Scheduler):
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to send SIGTERM when the controller dies, even by SIGKILL."""
+def _die_with_parent(parent_pid: int) -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the controller dies, even by SIGKILL.
+
+    A parent that died before the prctl would never send it, hence the check after it. The signal only asks the
+    worker to exit; its lifeline (`zrl.workers.lifeline`, told the pid by PARENT_PID_ENV) ends it if it hangs.
+    """
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from typing import Any
@@ -135,9 +136,12 @@ def parse_value(raw: str, tp: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected an int, got {raw!r}") from None
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ValueError(f"{key}: expected a float, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{key}: expected a finite number, got {raw!r}")
+        return value
     if tp is str or tp is Any:
         return raw
     if isinstance(tp, type) and issubclass(tp, enum.Enum):

@@ -3,7 +3,8 @@
 Failure detection: every `timeouts.status_interval_s` the controller polls the scheduler (a worker process that
 exited), asks every worker for its status (ERROR carries the worker's traceback) and checks its control name (an
 expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST). A failed worker of a group with
-`restart=on_failure` is relaunched and reconfigured up to `max_restarts` times; otherwise the run stops, prints
+`restart=on_failure` is stopped at once and relaunched and reconfigured after `restart_backoff_s` (doubled for each
+further restart of it), up to `max_restarts` times, while the others keep running; otherwise the run stops, prints
 the worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and
 the trial's names are cleared before `run` returns.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,15 +35,29 @@ from zrl.controller.report import (
     sample_accounting,
     training_table,
 )
-from zrl.controller.scheduler import Scheduler
+from zrl.controller.scheduler import JobState, Scheduler, WorkerJobStatus
 from zrl.controller.validate import group_levels
-from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
+from zrl.nameresolve import (
+    NameEntryExistsError,
+    NameEntryNotFoundError,
+    NameResolveError,
+    NameResolver,
+    names,
+)
 from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
+MAX_RESTART_BACKOFF_S = 60.0
+"""Longest wait before a relaunch, however often the worker has failed."""
+STACK_DUMP_WAIT_S = 0.5
+"""Time a stalled worker gets to write its stacks into its log before it is stopped."""
 QUIESCE_S = 10.0
 """Longest wait at the end of a run for paused workers to finish the poll they are in."""
+
+
+class TrialInUseError(RuntimeError):
+    """Another live controller runs the same experiment trial."""
 
 
 class WorkerFailure(Exception):
@@ -63,6 +81,19 @@ class WorkerState:
     last_answer: float = 0.0
     restarts: int = 0
     exiting: bool = False
+    relaunch_at: float | None = None
+    """When a failed worker that waits to be relaunched is due (time.monotonic()); None when none is pending."""
+    requeues: int = 0
+    """Restarts of its process by the scheduler itself (a requeued Slurm job), as last seen."""
+    rejoining: bool = False
+    """Requeued by the scheduler: it is configured and started again once its new process runs."""
+    stale_address: str = ""
+    """The control address of its process before the requeue, which its new process replaces."""
+
+
+def restart_delay(backoff_s: float, restart: int) -> float:
+    """Seconds before the `restart`-th relaunch (1-based) of one worker: `backoff_s`, doubled for each earlier one."""
+    return min(backoff_s * 2 ** (restart - 1), max(backoff_s, MAX_RESTART_BACKOFF_S))
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -92,11 +123,19 @@ class Controller:
             for group, spec in config.workers.items() for i in range(spec.count)}
         self.progress = Progress(config.progress_interval_s, out)
         self.started_at = time.monotonic()
+        self.job_states: dict[str, WorkerJobStatus] = {}
+        """The scheduler's view of every worker process at the last check."""
         self.timeline: dict[str, float] = {}
 
     # ---- the run ----
 
     def run(self) -> int:
+        try:
+            self.claim_trial()
+        except (TrialInUseError, NameResolveError) as exc:
+            self._say(f"error: {exc}")
+            return 1
+        self.paths.config.write_text(json.dumps(to_plain(self.config), indent=2))
         code = 1
         try:
             self.start()
@@ -120,12 +159,10 @@ class Controller:
 
     def start(self) -> None:
         """Launch every worker, wait for them to register, then configure and start them in dependency order."""
-        # Names left by an earlier run of the same trial would point at dead workers.
-        self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
         launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
         self.scheduler.submit(launches)
         self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
-        self._wait_registered(list(self.workers))
+        self._wait_registered(list(self.workers), restart=False)
         self.timeline["registered"] = time.monotonic() - self.started_at
         for level in group_levels(self.config):
             ids = [w for w, s in self.workers.items() if s.group in level]
@@ -133,21 +170,52 @@ class Controller:
         self.timeline["running"] = time.monotonic() - self.started_at
         self._say(f"all {len(self.workers)} workers RUNNING after {self.timeline['running']:.1f} s")
 
-    def _wait_registered(self, worker_ids: list[str]) -> None:
+    def claim_trial(self) -> None:
+        """Take the trial's lease, then clear the names an earlier run of this trial left (they point at dead workers).
+
+        Workers end themselves once the lease lapses: the controller may die by SIGKILL, OOM or with its node.
+        """
+        experiment, trial = self.config.experiment, self.config.trial
+        lease = names.controller(experiment, trial)
+        lease_ttl = self.config.timeouts.controller_lease_s / 2
+        try:
+            self.resolver.add(lease, f"{socket.gethostname()}:{os.getpid()}", keepalive_ttl=lease_ttl)
+        except NameEntryExistsError:
+            try:
+                holder = self.resolver.get(lease)
+            except NameEntryNotFoundError:
+                holder = "that has just ended"
+            raise TrialInUseError(
+                f"trial {experiment}/{trial} is being run by the controller {holder}; pick another trial=, stop that "
+                f"run, or if it died, wait up to {lease_ttl:g} s for its lease to lapse") from None
+        for key in self.resolver.find_subtree(names.trial_root(experiment, trial)):
+            if key != lease:
+                try:
+                    self.resolver.delete(key)
+                except NameEntryNotFoundError:
+                    pass
+
+    def _wait_registered(self, worker_ids: list[str], restart: bool) -> None:
+        """Connect to each worker once its control address appears; with `restart`, failures of any worker are
+        handled by its group's restart policy, and a worker that failed again is no longer waited for."""
         deadline = time.monotonic() + self.config.timeouts.register_s
         waiting = set(worker_ids)
         while waiting:
+            waiting = {w for w in waiting if self.workers[w].relaunch_at is None}
             for worker_id in sorted(waiting):
                 try:
                     address = self.resolver.get(self._control_name(worker_id))
                 except NameEntryNotFoundError:
                     continue
+                if address == self.workers[worker_id].stale_address:
+                    continue  # the process before a requeue; its successor will replace the name
+                self.workers[worker_id].stale_address = ""
                 self.client.connect(worker_id, address)
                 self.workers[worker_id].last_answer = time.monotonic()
                 waiting.discard(worker_id)
             if not waiting:
                 return
-            self._check_processes(restart=False)
+            self._check_processes(restart=restart)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers {sorted(waiting)} did not register within "
                                    f"{self.config.timeouts.register_s:g} s (timeouts.register_s); see their logs in "
@@ -177,6 +245,8 @@ class Controller:
         while True:
             self._check_processes(restart=True)
             self._check_statuses()
+            self._relaunch_due()
+            self._rejoin_due()
             self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
             if self._done():
                 return
@@ -189,15 +259,42 @@ class Controller:
         return all(s.status == "COMPLETED" for s in self.workers.values() if s.group in groups)
 
     def _check_processes(self, restart: bool) -> None:
-        for worker_id, job in self.scheduler.poll().items():
+        self.job_states = self.scheduler.poll()
+        for worker_id, job in self.job_states.items():
             state = self.workers.get(worker_id)
-            if state is None or state.exiting or not job.state.finished:
+            if state is not None and job.requeues > state.requeues:
+                self._follow_requeue(worker_id, job)
+            if state is None or (state.exiting and not state.rejoining) or not job.state.finished:
                 continue
             if job.exit_code == 0 and state.status == "COMPLETED":
                 state.exiting = True  # finished its work and left on its own
                 continue
             reason = f"its process ended ({job.state.value}: {job.detail or f'exit code {job.exit_code}'})"
             self._failed(worker_id, reason, None, restart)
+
+    def _follow_requeue(self, worker_id: str, job: WorkerJobStatus) -> None:
+        """The scheduler restarts this worker's process itself (Slurm requeue): wait for it instead of relaunching
+        it, so no second copy runs; it is configured and started again once it registers."""
+        state = self.workers[worker_id]
+        state.requeues = job.requeues
+        if state.exiting and not state.rejoining:
+            return  # done with, or already being relaunched by the controller
+        self._say(f"worker {worker_id} was requeued by the scheduler ({job.detail or job.state.value}); it is "
+                  "configured and started again once it runs")
+        if worker_id in self.client.workers:
+            state.stale_address = self.client.address(worker_id)
+            self.client.disconnect(worker_id)
+        state.status, state.exiting, state.rejoining = "REQUEUED", True, True
+
+    def _rejoin_due(self) -> None:
+        for worker_id, state in self.workers.items():
+            job = self.job_states.get(worker_id)
+            if not state.rejoining or job is None or job.state is not JobState.RUNNING:
+                continue
+            state.rejoining, state.exiting, state.status, state.last_reply = False, False, "LAUNCHED", {}
+            self._wait_registered([worker_id], restart=True)
+            if state.relaunch_at is None:
+                self._start_again(worker_id)
 
     def _check_statuses(self) -> None:
         active = [w for w, s in self.workers.items() if not s.exiting]
@@ -207,24 +304,43 @@ class Controller:
         # A worker answers status from its control thread at once, so a short wait keeps every check prompt.
         replies = self.client.request(active, "status", timeout=min(STATUS_TIMEOUT_S, timeouts.lost_after_s / 2))
         now = time.monotonic()
+        held = {w for w, job in self.job_states.items() if job.state in (JobState.SUSPENDED, JobState.PENDING)}
         for worker_id, reply in replies.items():
             state = self.workers[worker_id]
+            if worker_id in held and not reply.ok:
+                state.last_answer = now  # it cannot answer while held; the clock starts again once it runs
+                continue
             if reply.ok:
+                # A worker that answers is alive, even while its name comes back after a suspension.
                 self._record(reply)
+                stalled = self._stall(worker_id, reply.result)
                 if reply.result.get("status") == "ERROR":
                     self._failed(worker_id, "it reported ERROR",
                                  ErrorInfo.from_dict(reply.result.get("error") or {}), True)
-                    continue
-                stalled_s = reply.result.get("last_poll_age_s", 0.0)
-                if (timeouts.poll_stall_s > 0 and reply.result.get("status") == "RUNNING"
-                        and stalled_s > timeouts.poll_stall_s):
-                    self._failed(worker_id, f"LOST: its _poll has not returned for {stalled_s:.1f} s", None, True)
-                    continue
-            elif now - state.last_answer > timeouts.lost_after_s:
+                elif stalled is not None:
+                    self._failed(worker_id, stalled, None, True)
+                continue
+            if now - state.last_answer > timeouts.lost_after_s:
                 self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
                 continue
             if not self._name_alive(worker_id):
                 self._failed(worker_id, "LOST: its control name expired from the name service", None, True)
+
+    def _stall(self, worker_id: str, result: dict[str, Any]) -> str | None:
+        """Why a worker that still answers counts as stuck (its _poll hangs, or it stays PAUSED), or None."""
+        bound = self.config.timeouts.poll_stall_s
+        idle_s = float(result.get("last_poll_age_s", 0.0))
+        if bound <= 0 or idle_s <= bound:
+            return None
+        status = result.get("status")
+        if status == "RUNNING":
+            self.scheduler.dump_stacks([worker_id])
+            time.sleep(STACK_DUMP_WAIT_S)
+            return (f"LOST: its _poll has not returned for {idle_s:.1f} s (timeouts.poll_stall_s={bound:g}); "
+                    "the stacks of its threads are in its log")
+        if status == "PAUSED":
+            return (f"it has been PAUSED for {idle_s:.1f} s without a resume (timeouts.poll_stall_s={bound:g})")
+        return None
 
     def _name_alive(self, worker_id: str) -> bool:
         try:
@@ -248,13 +364,18 @@ class Controller:
             state.exiting = not reason.startswith("it reported")  # a worker in ERROR still answers; others won't
             raise WorkerFailure(worker_id, reason, error)
         state.restarts += 1
-        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts})")
+        delay = restart_delay(spec.restart_backoff_s, state.restarts)
+        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts}) "
+                  f"in {delay:g} s")
         if error is not None:
             self._say(f"  {error}")
-        self._relaunch(worker_id, hung=reason.startswith("LOST"))
+        self._retire(worker_id, hung=reason.startswith("LOST"))
+        state.relaunch_at = time.monotonic() + delay
 
-    def _relaunch(self, worker_id: str, hung: bool) -> None:
+    def _retire(self, worker_id: str, hung: bool) -> None:
+        """Stop a failed worker's process and forget its address; it is relaunched once its backoff has passed."""
         state = self.workers[worker_id]
+        state.status, state.exiting, state.rejoining = "RESTARTING", True, False
         # A hung process acts on no signal but SIGKILL, so it gets no grace period.
         self.scheduler.stop([worker_id], timeout=0 if hung else self.config.timeouts.stop_s)
         self.client.disconnect(worker_id)
@@ -262,10 +383,27 @@ class Controller:
             self.resolver.delete(self._control_name(worker_id))
         except NameEntryNotFoundError:
             pass
-        state.status, state.last_reply = "LAUNCHED", {}
+
+    def _relaunch_due(self) -> None:
+        now = time.monotonic()
+        for worker_id, state in self.workers.items():
+            if state.relaunch_at is not None and state.relaunch_at <= now:
+                self._relaunch(worker_id)
+
+    def _relaunch(self, worker_id: str) -> None:
+        state = self.workers[worker_id]
+        state.status, state.last_reply, state.exiting, state.relaunch_at = "LAUNCHED", {}, False, None
         self.scheduler.submit([worker_launch(self.config, self.paths, state.group, state.index)])
-        self._wait_registered([worker_id])
-        self._configure_and_start([worker_id])
+        self._wait_registered([worker_id], restart=True)
+        if state.relaunch_at is None:  # else it failed again before it registered, and waits for its next relaunch
+            self._start_again(worker_id)
+
+    def _start_again(self, worker_id: str) -> None:
+        """Configure and start a worker whose process was started again; a failure is handled by its restart policy."""
+        try:
+            self._configure_and_start([worker_id])
+        except WorkerFailure as failure:
+            self._failed(failure.worker_id, failure.reason, failure.error, restart=True)
 
     # ---- the end ----
 
@@ -277,14 +415,16 @@ class Controller:
             self._quiesce(connected, QUIESCE_S if code == 0 else 1.0)
         lost = [w for w, s in self.workers.items() if s.status == "LOST"]
         if lost:
-            self.scheduler.stop(lost, timeout=0)  # a hung process would not act on exit or SIGTERM anyway
+            # A hung process would not act on exit or SIGTERM anyway.
+            self._keep_stopping(f"kill the lost workers {lost}", lambda: self.scheduler.stop(lost, timeout=0))
         for state in self.workers.values():
             state.exiting = True
         stop_started = time.monotonic()
         if connected:
             self.client.request(connected, "exit", timeout=1.0)
             self._wait_exited(self.config.timeouts.stop_s / 2)
-        self.scheduler.stop(None, timeout=self.config.timeouts.stop_s)
+        self._keep_stopping("stop every worker",
+                            lambda: self.scheduler.stop(None, timeout=self.config.timeouts.stop_s))
         self.timeline["stopped"] = time.monotonic() - stop_started
         self.client.close()
         try:
@@ -297,6 +437,13 @@ class Controller:
             self._report(accounting)
         except Exception:  # noqa: BLE001 - the run is over; a broken report must not change its exit code
             self._say(f"warning: could not write the end-of-run report:\n{traceback.format_exc().rstrip()}")
+
+    def _keep_stopping(self, what: str, step: Callable[[], None]) -> None:
+        """Run one step of the shutdown; a failure is reported and the remaining steps still run."""
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the other workers must still be stopped and the summary written
+            self._say(f"warning: could not {what}: {type(exc).__name__}: {exc}")
 
     def _report(self, accounting: dict[str, Any] | None) -> None:
         """The training table, the learning curve and the sample accounting, where the run produced them."""
@@ -364,12 +511,12 @@ class Controller:
 
 
 class _signals_deferred:
-    """Hold SIGINT/SIGTERM while the controller stops its workers, so a second Ctrl-C cannot leave orphans."""
+    """Hold SIGINT/SIGTERM/SIGHUP while the controller stops its workers, so a second Ctrl-C cannot leave orphans."""
 
     def __enter__(self) -> None:
         self._saved: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
 
     def __exit__(self, *exc_info: object) -> None:

@@ -3,8 +3,10 @@
 Layout of a job: the allocation holds one task per worker (`--ntasks`, `--cpus-per-task`, `--mem-per-cpu`,
 `--gpus-per-task`), and the batch script starts one `srun --exact` step per worker, named `{group}.{index}`, with
 the worker's own log file and environment. A small shell wrapper writes each worker's exit code to
-`{state_dir}/exit/{group}.{index}.{job id}` the moment that worker ends, so the controller knows which worker of a
-group failed, and with which code, while the others still run.
+`{state_dir}/exit/{group}.{index}.{job id}.{restart}` the moment that worker ends, so the controller knows which
+worker of a group failed, and with which code, while the others still run. `{restart}` is Slurm's
+SLURM_RESTART_COUNT (0 until Slurm requeues the job), so the record of a run before a requeue is not read as the
+end of the run after it.
 
 Environment: the batch script gets the submitting environment (`--export=ALL`, Slurm's default), and each step
 gets that plus the worker's `WorkerLaunch.env`, exported explicitly in a subshell around its step (values may
@@ -36,9 +38,9 @@ def step_name(launch: WorkerLaunch) -> str:
     return f"{safe_name(launch.group)}.{launch.index}"
 
 
-def exit_file(state_dir: Path, launch: WorkerLaunch, job_id: str) -> Path:
-    """Where the job's wrapper writes the worker's exit code."""
-    return state_dir / "exit" / f"{step_name(launch)}.{job_id}"
+def exit_file(state_dir: Path, launch: WorkerLaunch, job_id: str, restart: int = 0) -> Path:
+    """Where the job's wrapper writes the worker's exit code, in the job's `restart`-th run (Slurm requeues)."""
+    return state_dir / "exit" / f"{step_name(launch)}.{job_id}.{restart}"
 
 
 def stop_file(state_dir: Path, launch: WorkerLaunch, job_id: str) -> Path:
@@ -122,9 +124,9 @@ _WRAPPER = """\
 # Runs one worker's step (unless the controller stopped it first: 143, as for SIGTERM) and records its exit
 # code atomically the moment it ends.
 zrl_worker() {
-  local exit_file=$1 rc=143
+  local stop_file=$1.stop exit_file=$1.${SLURM_RESTART_COUNT:-0} rc=143
   shift
-  if [ ! -e "$exit_file.stop" ]; then
+  if [ ! -e "$stop_file" ]; then
     "$@"
     rc=$?
   fi

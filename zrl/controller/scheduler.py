@@ -41,6 +41,8 @@ class JobState(enum.Enum):
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    """Held by the scheduler (Slurm suspend, a gang-scheduled time slice): its processes exist but cannot run."""
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -51,7 +53,7 @@ class JobState(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING, JobState.UNKNOWN)
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.SUSPENDED, JobState.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class WorkerJobStatus:
     exit_code: int | None = None
     detail: str = ""
     """Free text from the scheduler, e.g. Slurm's Reason or 'killed by signal 9'."""
+    requeues: int = 0
+    """How often the scheduler itself restarted the worker's process (a requeued Slurm job): each time it starts
+    afresh and registers again, without a new submission."""
 
 
 class Scheduler(abc.ABC):
@@ -74,6 +79,10 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
         """Stop the given workers (all when None): terminate, then kill whatever is left after `timeout`."""
+
+    @abc.abstractmethod
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        """Ask running workers to write the stacks of all their threads into their logs (SIGUSR1); best effort."""
 
     def describe(self, launches: list[WorkerLaunch]) -> str:
         """What `submit` would do, for `--dry-run`: commands or job scripts, without starting anything."""

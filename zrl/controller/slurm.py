@@ -7,6 +7,7 @@ without accounting work too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from zrl.controller.scheduler import (
     WorkerJobStatus,
     WorkerLaunch,
 )
+from zrl.hosts import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,14 @@ _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s']*@")
 # How long a submitted job may be missing from squeue before it counts as vanished.
 _LIST_GRACE_S = 60.0
 _GONE_ERRORS = ("Invalid job id", "already completing or completed")
+# How long SIGKILLed jobs and steps may take to leave squeue before `stop` gives up on them.
+_KILL_WAIT_S = 30.0
 
 _STATE_MAP = {
     **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
                      "POWER_UP_NODE"), JobState.PENDING),
-    **dict.fromkeys(("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"),
-                    JobState.RUNNING),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"), JobState.RUNNING),
+    **dict.fromkeys(("SUSPENDED", "STOPPED"), JobState.SUSPENDED),
     "COMPLETED": JobState.COMPLETED,
     **dict.fromkeys(("FAILED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"), JobState.FAILED),
     **dict.fromkeys(("CANCELLED", "PREEMPTED"), JobState.CANCELLED),
@@ -78,6 +82,12 @@ class _Job:
     exit_code: int | None = None
     exit_code_checked: bool = False
     seen: bool = False
+    started: bool = False
+    """Seen running since its last (re)queue."""
+    requeues: int = 0
+    """Slurm's restart count of the job (SLURM_RESTART_COUNT of its current run)."""
+    requeue_checked: bool = False
+    """scontrol was asked about a requeue since the job's current run began."""
     vanished: bool = False
     """squeue no longer lists the job (purged after MinJobAge, or never listed within _LIST_GRACE_S)."""
     submitted_at: float = field(default_factory=time.monotonic)
@@ -192,20 +202,36 @@ class SlurmScheduler(Scheduler):
             if job is not None:
                 job.slurm_state, job.reason, job.seen = state.strip(), reason.strip(), True
                 listed.add(job.job_id)
+                self._note_requeue(job)
         for job in pending:
             if job.job_id not in listed and (job.seen or self._last_query - job.submitted_at > _LIST_GRACE_S):
                 job.vanished = True
                 job.reason = "no longer listed by squeue"
 
+    def _note_requeue(self, job: _Job) -> None:
+        """Track Slurm's restart count: a job seen running that is pending again was requeued (preemption,
+        `scontrol requeue`, a node failure) and will run its workers afresh under the same job id."""
+        if job.state is JobState.RUNNING or job.state is JobState.SUSPENDED:
+            job.started = True
+        elif job.state is JobState.PENDING and job.started:
+            self._check_requeued(job)
+
+    def _check_requeued(self, job: _Job) -> bool:
+        """Ask scontrol whether `job` was requeued since we last looked; if so, start following its new run."""
+        job.requeue_checked = True
+        restarts = re.search(r"\bRestarts=(\d+)", _show_job(job.job_id))
+        if restarts is None or int(restarts[1]) <= job.requeues:
+            return False
+        job.requeues, job.started, job.requeue_checked = int(restarts[1]), False, False
+        job.exit_code, job.exit_code_checked = None, False
+        job.slurm_state = "REQUEUED"  # pending again, whatever squeue showed last (COMPLETING, PREEMPTED)
+        log.warning("Slurm job %s was requeued (restart %d)", job.job_id, job.requeues)
+        return True
+
     def _job_exit_code(self, job: _Job) -> int | None:
         if not job.exit_code_checked and job.state.finished and not job.vanished:
             job.exit_code_checked = True
-            try:
-                text = _run(["scontrol", "show", "job", "-o", job.job_id], "poll")
-            except SlurmError as error:
-                log.warning("%s", error)
-                return None
-            for token in text.split():
+            for token in _show_job(job.job_id).split():
                 if token.startswith("ExitCode="):
                     code, _, signal = token.removeprefix("ExitCode=").partition(":")
                     if code.isdigit() and signal.isdigit():
@@ -215,7 +241,7 @@ class SlurmScheduler(Scheduler):
 
     def _read_exit_code(self, worker: _Worker) -> int | None:
         try:
-            text = exit_file(self.state_dir, worker.launch, worker.job.job_id).read_text().strip()
+            text = exit_file(self.state_dir, worker.launch, worker.job.job_id, worker.job.requeues).read_text().strip()
         except OSError:
             return None
         return int(text) if text.lstrip("-").isdigit() else None
@@ -232,6 +258,8 @@ class SlurmScheduler(Scheduler):
     def _worker_status(self, worker: _Worker) -> WorkerJobStatus:
         job = worker.job
         code = self._read_exit_code(worker)
+        if code not in (None, 0) and job.alive and not job.requeue_checked and self._check_requeued(job):
+            code = self._read_exit_code(worker)  # the record was of the run before the requeue
         job_state = job.state
         if code == 0:
             return WorkerJobStatus(JobState.COMPLETED, 0)
@@ -247,8 +275,12 @@ class SlurmScheduler(Scheduler):
             return WorkerJobStatus(JobState.PENDING, None, f"Slurm job {job.job_id} pending: {job.reason}")
         if job_state is JobState.RUNNING:
             return WorkerJobStatus(JobState.RUNNING, None, f"Slurm job {job.job_id}")
+        if job_state is JobState.SUSPENDED:
+            return WorkerJobStatus(JobState.SUSPENDED, None, f"Slurm job {job.job_id} {job.slurm_state}")
         if job_state is JobState.UNKNOWN:
             return WorkerJobStatus(JobState.UNKNOWN, None, f"Slurm job {job.job_id} in state {job.slurm_state}")
+        if job.slurm_state.startswith("PREEMPTED") and not job.requeue_checked and self._check_requeued(job):
+            return WorkerJobStatus(JobState.PENDING, None, f"Slurm job {job.job_id} was preempted and requeued")
         exit_code = self._job_exit_code(job)
         if job_state is JobState.COMPLETED:
             return self._failure(worker, JobState.FAILED, exit_code,
@@ -258,7 +290,8 @@ class SlurmScheduler(Scheduler):
 
     def poll(self) -> dict[str, WorkerJobStatus]:
         self._refresh()
-        return {worker_id: self._worker_status(worker) for worker_id, worker in self._workers.items()}
+        return {worker_id: dataclasses.replace(self._worker_status(worker), requeues=worker.job.requeues)
+                for worker_id, worker in self._workers.items()}
 
     # --- stopping -----------------------------------------------------------------------------------------------
 
@@ -271,7 +304,11 @@ class SlurmScheduler(Scheduler):
         return steps
 
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
-        """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`."""
+        """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`.
+
+        `timeout=0` sends SIGKILL at once (a hung worker acts on nothing else); either way `stop` returns once
+        Slurm shows the jobs and steps ended, or raises SlurmError.
+        """
         unknown = sorted(set(worker_ids or ()) - set(self._workers))
         if unknown:
             raise ValueError(f"cannot stop unknown workers {unknown}; known: {sorted(self._workers)}")
@@ -295,20 +332,36 @@ class SlurmScheduler(Scheduler):
         for worker in partial:
             # The step may not exist yet (job pending, or srun not yet started): the marker keeps it from starting.
             stop_file(self.state_dir, worker.launch, worker.job.job_id).touch()
-        if whole_jobs:
-            _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
         cancelled: set[str] = set()
-        if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
-            return
-        log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
-                    [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
+        if timeout > 0:
+            if whole_jobs:
+                _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
+            if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
+                return
+            log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
+                        [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
         if whole_jobs:
             _run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
                  ok_errors=_GONE_ERRORS)
         cancelled.clear()
-        if not self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=True):
+        # Slurm shows a job it is killing as RUNNING or COMPLETING for a while, even when no grace was asked for.
+        kill_wait = max(timeout, _KILL_WAIT_S)
+        if not self._wait_stopped(whole_jobs, partial, cancelled, kill_wait, kill=True):
             raise SlurmError(f"Slurm jobs {[job.job_id for job in whole_jobs if job.alive]} or steps "
-                             f"{sorted(cancelled)} are still alive {2 * timeout:.0f} s after scancel")
+                             f"{sorted(cancelled)} are still alive {kill_wait:.0f} s after scancel --signal=KILL; "
+                             "check the node with `squeue -t all` and `scontrol show job`")
+
+    def dump_stacks(self, worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            worker = self._workers.get(worker_id)
+            if worker is None or not worker.job.alive:
+                continue
+            try:
+                step = self._steps_by_name(worker.job).get(step_name(worker.launch))
+                if step:
+                    _run(["scancel", "--signal=USR1", step], "signal", ok_errors=_GONE_ERRORS)
+            except SlurmError as error:
+                log.warning("cannot ask worker %s for its stacks: %s", worker_id, error)
 
     def _wait_stopped(self, jobs: list[_Job], workers: list[_Worker], cancelled: set[str], timeout: float,
                       kill: bool) -> bool:
@@ -333,6 +386,35 @@ class SlurmScheduler(Scheduler):
             time.sleep(0.2)
 
 
+def loopback_refusal(worker_host: str, partition: str, nodes: list[str]) -> str | None:
+    """Why `worker_host` cannot work on a partition of `nodes`, or None: a loopback address serves one node only."""
+    if not is_loopback(worker_host) or len(nodes) <= 1:
+        return None
+    shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
+    return (f"worker_host={worker_host} is a loopback address, but Slurm partition {partition or '(the default)'} "
+            f"has {len(nodes)} nodes ({shown}): workers placed on different nodes could not reach each other; set "
+            "worker_host=auto (each node's own address) or an address that every node reaches")
+
+
+def partition_nodes(partition: str) -> list[str]:
+    """Names of the nodes of `partition` (empty: the cluster's default partition), as sinfo lists them."""
+    nodes = set()
+    for line in _run(["sinfo", "-h", "-N", "-o", "%N|%P"], "list the nodes").splitlines():
+        node, _, listed = line.partition("|")
+        listed = listed.strip()
+        if listed.rstrip("*") == partition if partition else listed.endswith("*"):
+            nodes.add(node.strip())
+    return sorted(nodes)
+
+
+def check_worker_host(worker_host: str, options: SlurmOptions) -> None:
+    """Raise SlurmError when workers on `options.partition` could not reach each other at `worker_host`."""
+    if is_loopback(worker_host):
+        refusal = loopback_refusal(worker_host, options.partition, partition_nodes(options.partition))
+        if refusal is not None:
+            raise SlurmError(refusal)
+
+
 def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, cwd: Path | None = None,
                       resources: Resources | None = None) -> tuple[str, Path]:
     """Submit a job that runs the controller command `argv`; returns the job id and the controller's log file."""
@@ -346,6 +428,15 @@ def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, 
     _write_private(script_path, script)
     job_id = _sbatch(script_path)
     return job_id, run_dir / f"controller-{job_id}.log"
+
+
+def _show_job(job_id: str) -> str:
+    """`scontrol show job -o` of one job, or '' (with a warning) when scontrol fails."""
+    try:
+        return _run(["scontrol", "show", "job", "-o", job_id], "poll")
+    except SlurmError as error:
+        log.warning("%s", error)
+        return ""
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import secrets
 import time
 from collections.abc import Callable
 
@@ -14,7 +16,8 @@ from zrl.workers.registry import UnknownWorkerTypeError, config_class
 
 def complete(config: ExperimentConfig, clock: Callable[[], float] = time.time) -> ExperimentConfig:
     """Fill what an experiment may leave empty: the trial (a timestamp) and each group's config (its defaults)."""
-    trial = config.trial or time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+    # A random suffix: two runs started in the same second must not share a trial (and its names).
+    trial = config.trial or f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(clock()))}-{secrets.token_hex(3)}"
     workers = {}
     for name, group in config.workers.items():
         if group.config is None:
@@ -56,14 +59,16 @@ def validate(config: ExperimentConfig) -> None:
                           f"{', '.join(config.workers)}")
     for field in dataclasses.fields(config.timeouts):
         value = getattr(config.timeouts, field.name)
-        if value < 0 or (value == 0 and field.name not in ("max_run_s", "poll_stall_s")):
+        if not math.isfinite(value):
+            errors.append(f"timeouts.{field.name}: must be a finite number of seconds, got {value}")
+        elif value < 0 or (value == 0 and field.name not in ("max_run_s", "poll_stall_s")):
             errors.append(f"timeouts.{field.name}: must be > 0, got {value}")
     for alias, targets in config.aliases.items():
         for target in targets:
             if not key_exists(config, target):
                 errors.append(f"aliases.{alias}: {target!r} is not a key of this experiment")
-    if config.progress_interval_s < 0:
-        errors.append(f"progress_interval_s: must be >= 0, got {config.progress_interval_s}")
+    if not config.progress_interval_s >= 0 or not math.isfinite(config.progress_interval_s):
+        errors.append(f"progress_interval_s: must be a finite number >= 0, got {config.progress_interval_s}")
     if not any(".after[" in error for error in errors):
         try:
             group_levels(config)
@@ -96,6 +101,8 @@ def _group_errors(config: ExperimentConfig, name: str) -> list[str]:
             errors.append(f"{key}.resources.{field}: must be >= {low}, got {getattr(group.resources, field)}")
     if group.max_restarts < 0:
         errors.append(f"{key}.max_restarts: must be >= 0, got {group.max_restarts}")
+    if not (math.isfinite(group.restart_backoff_s) and group.restart_backoff_s >= 0):
+        errors.append(f"{key}.restart_backoff_s: must be a finite number >= 0, got {group.restart_backoff_s}")
     for i, other in enumerate(group.after):
         if other not in config.workers or other == name:
             errors.append(f"{key}.after[{i}]: {other!r} is not another worker group; groups: "

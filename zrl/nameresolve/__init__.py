@@ -13,6 +13,7 @@ from .errors import (
     NameServiceUnavailableError,
 )
 from .factory import SUPPORTED_SCHEMES, make_name_resolver
+from .subtree_view import SubtreeView
 
 __all__ = [
     "SUPPORTED_SCHEMES",
@@ -22,5 +23,6 @@ __all__ = [
     "NameResolver",
     "NameServiceUnavailableError",
     "NameWatch",
+    "SubtreeView",
     "make_name_resolver",
 ]

@@ -48,6 +48,11 @@ def _check_worker_id(worker_id_: str) -> str:
     return worker_id_
 
 
+def controller(experiment: str, trial: str) -> str:
+    """The controller's lease: a keepalive name whose absence tells workers that their controller is gone."""
+    return f"{trial_root(experiment, trial)}/controller"
+
+
 def worker_root(experiment: str, trial: str, worker_type: str | None = None) -> str:
     """Subtree of all registered workers, or of the workers of one type."""
     root = f"{trial_root(experiment, trial)}/worker"

@@ -2,7 +2,10 @@
 
 Every operation retries connection errors with bounded backoff for `retry_timeout` seconds, then
 raises NameServiceUnavailableError. After an outage the refresher re-registers this process's
-keepalive entries that the server lost (a restart without persistence loses them all).
+keepalive entries that the server lost (a restart without persistence loses them all). A restart
+can also pass unnoticed (redis-py reconnects without an error), so the refresher tells "lost in a
+restart" from "deleted elsewhere" by the server's `run_id`, which every restart changes. A name that
+expired because this process could not refresh it in time (it was suspended or starved) is taken back too.
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ class RedisNameResolver(NameResolver):
         self._refresh_script = self._client.register_script(_REFRESH_SCRIPT)
         self._outage_lock = threading.Lock()
         self._reregister: set[str] = set()
+        self._run_id_of: dict[str, str | None] = {}
+        """The server run_id seen when each keepalive name was last written; another one means a restart."""
+        self._kept_until: dict[str, float] = {}
+        """When each keepalive name expires (monotonic) unless refreshed; missing later means expired, not deleted."""
 
     def __repr__(self) -> str:
         return f"RedisNameResolver({self.url})"
@@ -112,8 +119,18 @@ class RedisNameResolver(NameResolver):
             except redis.RedisError as exc:
                 raise NameResolveError(f"redis name service {self.url} failed {what}: {exc}") from exc
 
+    def _server_run_id(self) -> str | None:
+        """The server's run_id (new at every start), or None where INFO is not allowed (ACL)."""
+        try:
+            return str(self._call("INFO server", lambda: self._client.info("server"))["run_id"])
+        except (NameServiceUnavailableError, NameResolveError, KeyError):
+            return None
+
     def _add(self, name: str, value: str, ttl: float | None, replace: bool) -> None:
         px = None if ttl is None else max(1, int(ttl * 1000))
+        if ttl is not None:
+            # Read before the SET: a restart in between then looks like one, and the refresher re-registers.
+            self._run_id_of[name] = self._server_run_id()
         tries = 0
 
         def set_entry() -> bool | None:
@@ -121,7 +138,10 @@ class RedisNameResolver(NameResolver):
             tries += 1
             return self._client.set(name, value, px=px, nx=not replace)
 
+        sent_at = time.monotonic()
         if self._call(f"SET {name!r}", set_entry):
+            if ttl is not None:
+                self._kept_until[name] = sent_at + ttl
             return
         # After a broken connection the first SET NX may have landed before the retry found the name.
         if tries > 1 and self._call(f"GET {name!r}", lambda: self._client.get(name)) == value:
@@ -157,6 +177,7 @@ class RedisNameResolver(NameResolver):
             raise NameEntryNotFoundError(f"name {name!r} is not registered")
 
     def _refresh(self, name: str, value: str, ttl: float) -> bool:
+        started = time.monotonic()
         with self._outage_lock:
             reregister = name in self._reregister
         try:
@@ -168,9 +189,31 @@ class RedisNameResolver(NameResolver):
             return True
         with self._outage_lock:
             self._reregister.discard(name)
+        if result == 0:
+            # Judged after the call: this process may have been stopped while the script was on its way.
+            result = self._reclaim(name, value, ttl,
+                                   expired=time.monotonic() > self._kept_until.get(name, float("inf")))
+        elif result == 2:  # re-created after an outage: on the server that now runs
+            self._run_id_of[name] = self._server_run_id()
+        if result != 0:
+            self._kept_until[name] = started + ttl
         if result == 2:
-            logger.info("re-registered name %r after a redis outage", name)
+            logger.info("re-registered name %r after a redis outage, restart or a late refresh", name)
         return result != 0
+
+    def _reclaim(self, name: str, value: str, ttl: float, expired: bool) -> int:
+        """The refresh result for a name found missing or replaced: re-created (2) if it was lost to a server
+        restart since we wrote it, or to its own expiry (`expired`), rather than deleted elsewhere."""
+        run_id = self._server_run_id()
+        restarted = run_id is not None and run_id != self._run_id_of.get(name)
+        if not (restarted or expired):
+            return 0
+        self._run_id_of[name] = run_id
+        try:
+            return int(self._refresh_script(keys=[name], args=[value, max(1, int(ttl * 1000)), "1"]))
+        except _OUTAGE_ERRORS:
+            self._note_outage()
+            return 1
 
     def _release(self) -> None:
         self._client.close()

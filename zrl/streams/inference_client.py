@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.nameresolve import NameResolver, SubtreeView
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
@@ -275,23 +276,27 @@ def IpInferenceClient(address: str | Sequence[str], config: InferenceStreamConfi
 
 
 class NameResolvingInferenceClient(InferenceClient):
-    """A client of every server registered under `root`; re-resolves every `resolve_interval_s` and on a missed deadline."""
+    """A client of every server registered under `root`; re-resolves every `resolve_interval_s` and on a missed deadline.
 
-    def __init__(self, resolver: Any, root: str, config: InferenceStreamConfig | None = None, *,
+    Resolving runs in the background (`SubtreeView`): during a name-service outage the client goes on with the
+    servers it knows.
+    """
+
+    def __init__(self, resolver: NameResolver, root: str, config: InferenceStreamConfig | None = None, *,
                  name: str = "inference", context: zmq.Context | None = None):
-        self._resolver = resolver
-        self._root = root
-        self._next_resolve = 0.0
-        super().__init__([], config, name=name, context=context)
-        self._refresh_servers(force=True)
+        config = config or InferenceStreamConfig()
+        self._view = SubtreeView(resolver, root, config.resolve_interval_s)
+        super().__init__(self._view.values(), config, name=name, context=context)
 
     def _refresh_servers(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self._next_resolve:
-            return
-        self._next_resolve = now + self.config.resolve_interval_s
-        self._set_addresses(sorted(set(self._resolver.get_subtree(self._root))))
+        if force:
+            self._view.refresh()
+        self._set_addresses(self._view.values())
 
     def _maintain(self) -> None:
         self._refresh_servers()
         super()._maintain()
+
+    def close(self) -> None:
+        self._view.close()
+        super().close()

@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.nameresolve import NameResolver, SubtreeView
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig, StreamFullError, approx_nbytes
 from zrl.streams.sockets import StreamCounters, connect_socket, send_frames
@@ -227,19 +228,23 @@ def BroadcastSampleProducer(addresses: Sequence[str], config: SampleStreamConfig
 
 
 class NameResolvingSampleProducer(SampleProducer):
-    """Spreads samples over (or broadcasts them to) the consumers registered under `root` in the name service."""
+    """Spreads samples over (or broadcasts them to) the consumers registered under `root` in the name service.
 
-    def __init__(self, resolver: Any, root: str, config: SampleStreamConfig | None = None, *,
+    Resolving runs in the background (`SubtreeView`): during a name-service outage the producer goes on with the
+    consumers it knows.
+    """
+
+    def __init__(self, resolver: NameResolver, root: str, config: SampleStreamConfig | None = None, *,
                  broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
-        self._resolver = resolver
-        self._root = root
-        self._next_resolve = 0.0
-        super().__init__([], config, broadcast=broadcast, name=name, context=context)
-        self._refresh_consumers()
+        config = config or SampleStreamConfig()
+        self._view = SubtreeView(resolver, root, config.resolve_interval_s)
+        super().__init__(self._view.values(), config, broadcast=broadcast, name=name, context=context)
 
     def _refresh_consumers(self) -> None:
-        now = time.monotonic()
-        if now < self._next_resolve:
-            return
-        self._next_resolve = now + self.config.resolve_interval_s
-        self._set_addresses(sorted(set(self._resolver.get_subtree(self._root))))
+        self._set_addresses(self._view.values())
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            super().close(flush)
+        finally:
+            self._view.close()

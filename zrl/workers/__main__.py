@@ -10,16 +10,18 @@ its control address in the name service and waits for `configure` and `start` on
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
-import socket
 import sys
 from types import FrameType
 
-from zrl.config import NAME_RESOLVE_ENV
-from zrl.nameresolve import make_name_resolver
+from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts
+from zrl.hosts import node_address
+from zrl.nameresolve import make_name_resolver, names
 from zrl.workers.base import WorkerContext
+from zrl.workers.lifeline import Lifeline
 from zrl.workers.registry import worker_class
 
 
@@ -34,11 +36,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name-resolve", default=os.environ.get(NAME_RESOLVE_ENV),
                         help=f"name service URL (default: ${NAME_RESOLVE_ENV})")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind and advertise sockets on; 'auto': this node's address")
+                        help="address to bind and advertise sockets on; 'auto': this node's address that other nodes reach "
+                             "(never a loopback one)")
     parser.add_argument("--keepalive-ttl", type=float, default=WorkerContext.keepalive_ttl_s,
                         help="keepalive TTL in seconds of the control-address name")
     parser.add_argument("--group-size", type=int, default=1, help="number of workers in the group")
     parser.add_argument("--run-dir", default="", help="run directory for the files the worker keeps")
+    parser.add_argument("--controller-lease", type=float, default=0.0,
+                        help="exit once the controller's lease name has lapsed for this many seconds (0: never)")
+    parser.add_argument("--exit-grace", type=float, default=ControllerTimeouts.exit_grace_s,
+                        help="seconds to exit cleanly once the controller is gone, before a hard exit")
     return parser.parse_args(argv)
 
 
@@ -47,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name_resolve:
         print(f"error: no name service: pass --name-resolve URL or set ${NAME_RESOLVE_ENV}", file=sys.stderr)
         return 2
-    host = socket.gethostbyname(socket.gethostname()) if args.host == "auto" else args.host
+    try:
+        host = node_address() if args.host == "auto" else args.host
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl,
                             args.group_size, args.run_dir)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -61,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         worker.request_exit()
         signal.signal(signum, signal.SIG_DFL)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # The controller asks a stalled worker for its stacks before it declares it LOST; this works in any thread.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    parent_pid = os.environ.get(PARENT_PID_ENV, "")
+    Lifeline(worker.request_exit, exit_grace_s=args.exit_grace,
+             parent_pid=int(parent_pid) if parent_pid.isdigit() else None, resolver=resolver,
+             lease_name=names.controller(args.experiment, args.trial), lease_s=args.controller_lease).start()
     try:
         return worker.run()
     finally:

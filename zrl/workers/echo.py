@@ -8,6 +8,7 @@ producer starts again from 0, and its repeats count as duplicates) and checks ev
 
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any
 
@@ -23,6 +24,15 @@ from zrl.streams import (
 )
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.echo_config import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
+
+
+def deadlock_in_native_code() -> None:
+    """Block this thread for good inside C code, as a deadlocked library would: it holds no GIL, and it never
+    returns to the interpreter, so Python signal handlers of this (main) thread never run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    mutex = ctypes.create_string_buffer(64)  # all zeros: a default (non-recursive) pthread mutex
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
 
 
 class EchoServer(Worker):
@@ -76,8 +86,8 @@ class EchoProducer(Worker):
         self.next_seq = seqs[-1] + 1
         if 0 <= config.fail_after <= self.next_seq:
             raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
-        while 0 <= config.hang_after <= self.next_seq:
-            time.sleep(1.0)
+        if 0 <= config.hang_after <= self.next_seq:
+            deadlock_in_native_code()
         if config.interval_s:
             time.sleep(config.interval_s)
         return PollResult(sample_count=len(seqs), batch_count=1)

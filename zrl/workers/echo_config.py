@@ -33,7 +33,8 @@ class EchoProducerConfig:
     fail_after: int = -1
     """Raise an error once this many samples are posted (-1: never); a drill for failure handling."""
     hang_after: int = -1
-    """Stop returning from _poll once this many samples are posted (-1: never); a drill for stall detection."""
+    """Deadlock _poll in native code once this many samples are posted (-1: never); a drill for stall detection
+    and for a controller that dies while a worker hangs."""
 
 
 @dataclass(frozen=True)
