@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-learning clean
 
 setup: $(STAMP)
 
@@ -43,5 +43,10 @@ bench-sync: $(STAMP)
 bench-overlap: $(STAMP)
 	$(PY) benchmarks/overlap.py $(ARGS)
 
+# About twice the length of `make run`: zrl's run, then TRL's GRPOTrainer (in its own venv) for as long.
+bench-learning: $(STAMP)
+	bash scripts/setup-peer-env.sh .venv-peer
+	$(PY) benchmarks/learning.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-peer .pytest_cache .hypothesis

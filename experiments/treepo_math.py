@@ -11,10 +11,10 @@ from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
-TOTAL_STEPS = 320
+TOTAL_STEPS = 400
 PROMPTS_PER_STEP = 8
 MAX_STALENESS = 2
-LEARNING_RATE = 2e-5
+LEARNING_RATE = 3e-5
 
 GROUPS = ("policy", "rollout", "trainer", "evaluator")
 

@@ -28,7 +28,7 @@ from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, Example, generate_examp
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe (code, not config) changes, so cached models are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 BUILD_INFO = "zrl_build.json"
 
@@ -55,8 +55,12 @@ class TinyModelConfig:
     """Supervised warm-start optimizer steps."""
     batch_size: int = 32
     """Examples per warm-start step."""
-    learning_rate: float = 3e-3
-    """Peak AdamW learning rate (linear warmup, cosine decay)."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate, reached after a linear warmup."""
+    lr_schedule: str = "constant"
+    """After the warmup: "constant", or "cosine" (decay to zero). A cosine decay ends in a sharp minimum where any
+    further optimizer step, supervised or RL, first costs greedy accuracy; the constant schedule leaves the model
+    where reinforcement learning improves it from the first steps, as it does a pretrained model."""
     train_examples: int = 20000
     """Size of the warm-start training set."""
     threads: int = 1
@@ -65,6 +69,10 @@ class TinyModelConfig:
     """Log a progress line every this many steps."""
     data: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     """The synthetic problems used for the warm start."""
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"TinyModelConfig.lr_schedule={self.lr_schedule!r} must be 'constant' or 'cosine'")
 
     def cache_key(self) -> str:
         payload = json.dumps({"recipe": RECIPE_VERSION, "config": dataclasses.asdict(self)}, sort_keys=True)
@@ -154,6 +162,8 @@ def _warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, con
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, config.train_steps - warmup)
         return 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
 
