@@ -45,10 +45,15 @@ def run_zrl(overrides: list[str], root: Path) -> list[tuple[float, float]]:
 def run_peer(python: str, lr: float, minutes: float, output_dir: Path) -> list[tuple[float, float]]:
     argv = [python, str(PEER), "--minutes", f"{minutes:.2f}", "--lr", str(lr), "--output-dir", str(output_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    points = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not points:
-        raise SystemExit(f"the peer run failed ({result.returncode}); its output:\n{result.stdout[-3000:]}")
+    points = []
+    with subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) as peer:
+        for line in peer.stdout:
+            # TRL prints its own logs as Python dicts; the peer's points are JSON objects.
+            if line.startswith('{"'):
+                points.append(json.loads(line))
+                print("TRL", line.strip(), flush=True)
+    if peer.returncode != 0 or not points:
+        raise SystemExit(f"the peer run failed ({peer.returncode}) after {len(points)} evaluations")
     return [(p["train_s"], p["heldout_accuracy"]) for p in points]
 
 
@@ -79,8 +84,8 @@ def main() -> None:
     gain = max(acc for _, acc in ours) - ours[0][1]
     body = ("Held-out greedy accuracy (200 synthetic problems) of the tiny model, against minutes of training. zrl: "
             f"`experiments/treepo_math.py`, overrides {' '.join(args.overrides) or 'none'}; TRL GRPOTrainer at lr "
-            f"{args.peer_lr} (8 prompts x 8 generations, 64 new tokens, DAPO loss, clip 0.2/0.28, no KL), each "
-            "alone on the machine. zrl's value at a peer evaluation is its latest evaluation by then.\n\n"
+            f"{args.peer_lr} (8 prompts x 8 generations, 64 new tokens, DAPO loss, clip 0.2/0.28, no KL), run "
+            "one after the other. zrl's value at a peer evaluation is its latest evaluation by then.\n\n"
             + markdown_table(["minute", "zrl", "TRL"], rows)
             + "\n\nzrl evaluations: " + ", ".join(f"{acc:.3f} at {t / 60:.1f} min" for t, acc in ours)
             + f"\n\nzrl: {ours[0][1]:.3f} -> {ours[-1][1]:.3f} (best gain {gain * 100:+.1f} points, target >= +15); "
