@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from zrl.config import from_plain
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
 from zrl.streams.control import ControlRequest, ControlServer, ErrorInfo
+from zrl.streams.control_auth import ControlKey
 
 
 class CommandRejected(RuntimeError):
@@ -74,6 +75,8 @@ class WorkerContext:
     run_dir: str = ""
     """The run directory `{run_root}/{experiment}/{trial}` for files the worker keeps (metrics, weights); empty:
     the current directory."""
+    control_key: ControlKey | None = None
+    """The trial's key: the worker takes only control requests signed with it. Required by `Worker.run`."""
 
     @property
     def worker_id(self) -> str:
@@ -146,7 +149,11 @@ class Worker:
 
     def run(self) -> int:
         """Register, serve control and poll until `exit`; returns the process exit code (0, or 1 after an error)."""
-        self._control = ControlServer(self.context.trial, self.context.worker_id, self.context.host)
+        if self.context.control_key is None:
+            raise ValueError(f"worker {self.context.worker_id} has no control key (WorkerContext.control_key): it "
+                             "would take no command, as only requests signed with the trial's key are taken")
+        self._control = ControlServer(self.context.trial, self.context.worker_id, self.context.host,
+                                      key=self.context.control_key)
         control_thread = threading.Thread(target=self._serve_control, name="control", daemon=True)
         control_thread.start()
         self.name_resolver.add(self.control_name, self._control.address,
@@ -331,5 +338,6 @@ class Worker:
             "last_poll_age_s": time.monotonic() - self._last_poll,
             "in_poll": self._in_poll,
             "stats": stats,
+            "control": self._control.as_dict() if self._control is not None else {},
             "error": self._error.to_dict() if self._error is not None else None,
         }
