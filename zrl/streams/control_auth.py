@@ -29,12 +29,14 @@ MAX_MESSAGE_AGE_S = 60.0
 class ControlKey:
     """The trial's shared secret for signing control messages. Its repr never shows the secret."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_mac", "_secret")
 
     def __init__(self, secret: bytes):
         if not isinstance(secret, bytes) or len(secret) < KEY_BYTES:
             raise ValueError(f"a control key needs at least {KEY_BYTES} bytes")
         self._secret = secret
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        """Keyed once; each signature starts from a copy."""
 
     @classmethod
     def generate(cls) -> ControlKey:
@@ -52,7 +54,7 @@ class ControlKey:
 
     def sign(self, frames: Sequence[Any]) -> bytes:
         """The signature of `frames` (bytes-like)."""
-        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        mac = self._mac.copy()
         for frame in frames:
             mac.update(memoryview(frame).nbytes.to_bytes(8, "big"))
             mac.update(frame)

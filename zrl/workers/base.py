@@ -11,7 +11,9 @@ Lifecycle, driven by the controller over the control channel (`zrl.streams.contr
 The control socket is served by its own thread, so `status`, `pause`, `resume` and `exit` are answered at once,
 even during a long `_poll`; pause and exit take effect when that `_poll` returns. `configure` and `start` run
 user code and are executed by the main thread between polls. After an error the worker keeps serving control,
-so the controller can read the error (type, message, traceback) from `status` before it sends `exit`.
+so the controller can read the error (type, message, traceback) from `status` before it sends `exit`. Only requests
+signed with the trial's key (`WorkerContext.control_key`) are taken; refused ones are counted under `control` in
+every status reply.
 
 Names (keepalive entries, deleted at exit): the control address under `names.worker_control`, and the current
 status under `names.worker_status`, which the main loop republishes whenever the status changes.
