@@ -117,9 +117,10 @@ def main() -> None:
     round_trip = status_round_trip_us(1000)
     table = markdown_table(["request", "unsigned framing (us)", "signed (us)", "added by signing (us)",
                             f"added < {TARGET_US:g} us"], rows)
-    body = (f"{table}\n\nBoth ends of one request together, in one process: the client builds and signs it, the worker "
-            f"checks and decodes it; the fastest of {PASSES} passes of {args.count} requests. A reply costs the same again. For scale: a signed `status` round trip to a worker "
-            f"thread over loopback takes {round_trip:.0f} us (median). Load average at the start: {load:.1f}.")
+    body = (f"{table}\n\nBoth ends of one request together, in one process: the client builds and signs it, the "
+            f"worker checks and decodes it; the fastest of {PASSES} passes of {args.count} requests. A reply costs the "
+            f"same again. For scale: a signed `status` round trip to a worker thread over loopback takes "
+            f"{round_trip:.0f} us (median). Load average at the start: {load:.1f}.")
     print(body)
     if not args.no_doc:
         update_section("control_hmac", "Control channel: cost of signed messages", "make bench-control",
