@@ -40,20 +40,29 @@ def test_missing_or_wrong_credentials_fail_at_once_naming_the_masked_url(redis_s
         assert "redis://:***@127.0.0.1" in message
 
 
-def test_nobody_without_the_password_registers_a_fake_server(redis_server_with_password):
+def test_nobody_without_the_password_registers_a_fake_server_in_a_running_trial(tmp_path: Path,
+                                                                             redis_server_with_password):
     server = redis_server_with_password
-    name = names.worker_control("echo", "t1", "server/0")
+    run = ControllerRun(tmp_path, f"name_resolve={url(server, server.password)}",
+                        "workers.producer.config.batch_size=10", "workers.producer.config.interval_s=0.2")
+    run.wait_for_output("workers RUNNING")
+    fakes = {names.inference_stream("echo", run.trial, "echo") + "/fake": "tcp://127.0.0.1:9",
+             names.sample_stream("echo", run.trial, "samples") + "/fake": "tcp://127.0.0.1:9",
+             names.worker_control("echo", run.trial, "consumer/0"): "tcp://127.0.0.1:9"}
     attacker = make_name_resolver(url(server, "guessed"))
     try:
-        with pytest.raises(NameServiceAuthError):
-            attacker.add(name, "tcp://10.0.0.66:5555", replace=True)
+        for name, address in fakes.items():
+            with pytest.raises(NameServiceAuthError):
+                attacker.add(name, address, replace=True)
     finally:
         attacker.close()
     owner = make_name_resolver(url(server, server.password))
     try:
-        assert owner.find_subtree(names.trial_root("echo", "t1")) == []
+        assert "tcp://127.0.0.1:9" not in owner.get_subtree(names.trial_root("echo", run.trial))
     finally:
         owner.close()
+    assert run.wait() == 0, run.output
+    check_counts(run.summary(), 2, 200)
 
 
 def test_the_controller_reports_a_wrong_password_with_the_url_masked(tmp_path: Path, redis_server_with_password):
