@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-learning clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check zrl tests benchmarks experiments
 
-bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap
+bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control
 
 bench-streams: $(STAMP)
 	$(PY) benchmarks/streams.py
@@ -42,6 +42,9 @@ bench-sync: $(STAMP)
 
 bench-overlap: $(STAMP)
 	$(PY) benchmarks/overlap.py $(ARGS)
+
+bench-control: $(STAMP)
+	$(PY) benchmarks/control_hmac.py $(ARGS)
 
 # About twice the length of `make run`: zrl's run, then TRL's GRPOTrainer (in its own venv) for as long.
 bench-learning: $(STAMP)

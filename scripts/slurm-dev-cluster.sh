@@ -1,19 +1,54 @@
 #!/usr/bin/env bash
 # A single-node Slurm cluster (munged, slurmctld, slurmd on 127.0.0.1) for development and tests.
 #   bash scripts/slurm-dev-cluster.sh up|down|status [ROOT]
-# ROOT holds the config, state, logs and sockets; default $ZRL_SLURM_ROOT, else /tmp/zrl-slurm-$(id -u).
+# ROOT holds the config, state, logs and sockets; default $ZRL_SLURM_ROOT, else /run/zrl-slurm.
 # `up` must run as root on a Debian-like machine; it installs the packages with apt when they are missing,
 # waits until the node is idle and prints the `export SLURM_CONF=...` line every Slurm client needs.
 # `down` cancels every job and stops the three daemons by pid. Both are idempotent.
+# Run as root, this script trusts what it finds under ROOT (it kills the pids in its pid files), so ROOT and every
+# directory above it must belong to root or the caller and be writable by no one else; it refuses any other ROOT.
 set -euo pipefail
 
 ACTION=${1:-}
-ROOT=${2:-${ZRL_SLURM_ROOT:-/tmp/zrl-slurm-$(id -u)}}
-CONF=$ROOT/etc/slurm.conf
-export SLURM_CONF=$CONF
+ROOT=${2:-${ZRL_SLURM_ROOT:-/run/zrl-slurm}}
 
 die() { echo "slurm-dev-cluster: $*" >&2; exit 1; }
 say() { echo "slurm-dev-cluster: $*" >&2; }
+
+# Resolve ROOT (symlinks included) and check that no other user can change it: every directory from ROOT up to /
+# belongs to root or the caller and is writable by no one else (a sticky directory such as /tmp may be, above
+# ROOT). A ROOT another user created, or a link they planted, is refused rather than followed.
+secure_root() {
+  local dir uid mode me
+  me=$(id -u)
+  ROOT=$(realpath -e -- "$ROOT") || die "cannot resolve $ROOT"
+  [ -d "$ROOT" ] || die "$ROOT is not a directory"
+  dir=$ROOT
+  while :; do
+    uid=$(stat -c %u -- "$dir")
+    mode=$(stat -c %a -- "$dir")
+    [ "$uid" = 0 ] || [ "$uid" = "$me" ] || die "$dir belongs to uid $uid, not root or $me; refusing to use $ROOT"
+    if (( 8#$mode & 8#022 )) && { [ "$dir" = "$ROOT" ] || ! (( 8#$mode & 8#1000 )); }; then
+      die "$dir is writable by others (mode $mode); refusing to use $ROOT"
+    fi
+    [ "$dir" = / ] && break
+    dir=$(dirname -- "$dir")
+  done
+  CONF=$ROOT/etc/slurm.conf
+  export SLURM_CONF=$CONF
+}
+
+# For `up`: create ROOT (mode 0755, never through an existing name or link), then check it.
+make_root() {
+  [ -e "$ROOT" ] || [ -L "$ROOT" ] || mkdir -m 755 -- "$ROOT" || die "cannot create $ROOT; set ZRL_SLURM_ROOT"
+  secure_root
+}
+
+# For `down` and `status`: true when ROOT exists (and is then checked); false when there is no cluster there.
+existing_root() {
+  [ -e "$ROOT" ] || [ -L "$ROOT" ] || return 1
+  secure_root
+}
 
 # The pid in FILE when that process is alive, else nothing.
 live_pid() {
@@ -90,6 +125,7 @@ start_munge() {
 
 up() {
   [ "$(id -u)" -eq 0 ] || die "'up' needs root (it starts munged as the munge user and slurmd as root)"
+  make_root
   install_packages
   mkdir -p "$ROOT"/{etc,state,spool,log,run,munge}
   if [ -z "$(live_pid "$ROOT/run/slurmctld.pid")" ]; then
@@ -124,6 +160,7 @@ stop_pid_file() {
 }
 
 down() {
+  existing_root || { say "no cluster under $ROOT"; return 0; }
   if [ -n "$(live_pid "$ROOT/run/slurmctld.pid")" ]; then
     timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
     # Give running jobs KillWait (5 s) plus a margin to end before slurmd goes away.
@@ -140,6 +177,7 @@ down() {
 
 status() {
   local rc=0 name file pid
+  existing_root || { echo "no cluster under $ROOT"; return 1; }
   for pair in munged:$ROOT/munge/munged.pid slurmctld:$ROOT/run/slurmctld.pid slurmd:$ROOT/run/slurmd.pid; do
     name=${pair%%:*}
     file=${pair#*:}

@@ -32,29 +32,38 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence, that a test may stop and restart."""
+    """A real redis-server on a free loopback port, with no persistence, that a test may stop and restart; with
+    `password`, clients must AUTH (`requirepass`)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, password: str | None = None):
         self.port = free_port()
         self.workdir = workdir
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        """The server's URL, without its password."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        # The password goes to redis-server on stdin, as a config file, so that it stays out of its argv.
+        requirepass = [] if self.password is None else ["-"]
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["redis-server", *requirepass, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        assert self.process.stdin is not None
+        if self.password is not None:
+            self.process.stdin.write(f"requirepass {self.password}\n".encode())
+        self.process.stdin.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
@@ -77,6 +86,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     require(shutil.which("redis-server") is not None,
             "redis-server is not installed (make test installs it with apt when run as root)")
     server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server started with `requirepass` (its `password`)."""
+    require(shutil.which("redis-server") is not None,
+            "redis-server is not installed (make test installs it with apt when run as root)")
+    server = RedisServer(tmp_path, password="pw-" + os.urandom(8).hex())
     server.start()
     try:
         yield server

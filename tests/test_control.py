@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 import pytest
 import zmq
 
 from zrl import wire
 from zrl.streams.control import PROTOCOL_VERSION, ControlClient, ControlServer, ErrorInfo
+from zrl.streams.control_auth import ControlKey
+
+KEY = ControlKey(b"k" * 32)
 
 
 class EchoingServer:
     """A ControlServer in a thread that answers every request with its command and payload."""
 
     def __init__(self, trial: str, worker_id: str, delay: float = 0.0):
-        self.server = ControlServer(trial, worker_id)
+        self.server = ControlServer(trial, worker_id, key=KEY)
         self.delay = delay
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -54,7 +58,7 @@ def servers():
 
 @pytest.fixture
 def client(servers):
-    client = ControlClient("t1")
+    client = ControlClient("t1", key=KEY)
     for server in servers:
         client.connect(server.server.sender, server.server.address)
     yield client
@@ -88,7 +92,7 @@ def test_error_travels_as_type_message_traceback(client):
 
 def test_timeout_names_the_silent_worker_and_late_replies_are_discarded():
     slow = EchoingServer("t1", "slow/0", delay=0.6)
-    client = ControlClient("t1")
+    client = ControlClient("t1", key=KEY)
     try:
         client.connect("slow/0", slow.server.address)
         started = time.monotonic()
@@ -116,9 +120,20 @@ def _raw_request(address: str, frames: list[bytes], timeout_ms: int = 2000) -> l
         sock.close()
 
 
+def _signed(*frames: bytes) -> list[bytes]:
+    """[delimiter, signature, *frames]: frames that are authentic, whatever they hold."""
+    return [b"", KEY.sign(frames), *frames]
+
+
+def _header(**fields) -> bytes:
+    full = {"v": PROTOCOL_VERSION, "trial": "t1", "sender": "x", "recipient": "producer/0", "id": "m1",
+            "time": time.time(), "nonce": uuid.uuid4().hex, "command": "status", **fields}
+    return wire.encode(full)[0]
+
+
 def test_malformed_messages_are_dropped_and_the_server_keeps_serving(servers, client):
     target = servers[0]
-    assert _raw_request(target.server.address, [b"", b"", b"\xc1garbage", b"x"], timeout_ms=300) is None
+    assert _raw_request(target.server.address, _signed(b"\xc1garbage", b"x"), timeout_ms=300) is None
     assert _raw_request(target.server.address, [b"only-one-frame"], timeout_ms=300) is None
     assert target.server.dropped == 2
     assert client.request("producer/0", "status", timeout=5)["producer/0"].ok
@@ -127,8 +142,7 @@ def test_malformed_messages_are_dropped_and_the_server_keeps_serving(servers, cl
 def test_wrong_trial_and_version_get_an_error_reply(servers):
     address = servers[0].server.address
     for header, expected in ((dict(trial="other"), "serves trial 't1'"), (dict(v=99), "version 99")):
-        full = {"v": PROTOCOL_VERSION, "trial": "t1", "sender": "x", "id": "m1", "command": "status", **header}
-        frames = _raw_request(address, [b"", b"", wire.encode(full)[0], wire.encode({})[0]])
+        frames = _raw_request(address, _signed(_header(**header), wire.encode({})[0]))
         assert frames is not None
         reply_header = wire.decode([frames[2]])
         body = wire.decode(frames[3:])
@@ -138,12 +152,11 @@ def test_wrong_trial_and_version_get_an_error_reply(servers):
 
 def test_malformed_requests_are_counted_and_logged_once_per_kind(servers, caplog):
     target = servers[0].server
-    good_header = wire.encode({"v": PROTOCOL_VERSION, "trial": "t1", "sender": "x", "id": "m1", "command": "status"})[0]
-    malformed = {"framing": [b"only-one-frame"], "header": [b"", b"", b"\xc1garbage", b"x"],
-                 "body": [b"", b"", good_header, b"\xc1"]}
+    malformed = {"framing": lambda: [b"only-one-frame"], "header": lambda: _signed(b"\xc1garbage", b"x"),
+                 "body": lambda: _signed(_header(), b"\xc1")}
     with caplog.at_level(logging.WARNING, logger="zrl.streams"):
-        for frames in [*malformed.values(), *malformed.values()]:
-            assert _raw_request(target.address, frames, timeout_ms=300) is None
+        for make_frames in [*malformed.values(), *malformed.values()]:
+            assert _raw_request(target.address, make_frames(), timeout_ms=300) is None
     counts = target.counters.as_dict()
     assert {kind: counts[f"garbage.{kind}"] for kind in malformed} == dict.fromkeys(malformed, 2)
     assert counts["garbage"] == target.dropped == 6

@@ -49,7 +49,7 @@ def slurm_cluster() -> Iterator[str]:
     require(shutil.which("slurmctld") is not None and shutil.which("sbatch") is not None,
             "Slurm is not installed (scripts/setup-env.sh installs slurmctld, slurmd, slurm-client and munge as root)")
     require(os.geteuid() == 0, "starting the single-node Slurm test cluster needs root")
-    root = os.environ.get("ZRL_SLURM_ROOT") or f"/tmp/zrl-slurm-{os.getuid()}"
+    root = os.environ.get("ZRL_SLURM_ROOT") or "/run/zrl-slurm"
     already_up = subprocess.run(["bash", str(CLUSTER_SCRIPT), "status", root], capture_output=True,
                                 timeout=30).returncode == 0
     if not already_up:

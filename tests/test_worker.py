@@ -11,6 +11,7 @@ import pytest
 
 from zrl.nameresolve import NameEntryNotFoundError, make_name_resolver, names
 from zrl.streams.control import ControlClient
+from zrl.streams.control_auth import ControlKey
 from zrl.workers.base import PollResult, Worker, WorkerContext
 
 
@@ -47,12 +48,14 @@ class Running:
     def __init__(self):
         self.trial = f"t{uuid.uuid4().hex[:8]}"
         self.resolver = make_name_resolver(f"memory://{self.trial}")
-        self.worker = CountingWorker(WorkerContext("exp", self.trial, "counter", 0, keepalive_ttl_s=1.0), self.resolver)
+        key = ControlKey.generate()
+        self.worker = CountingWorker(WorkerContext("exp", self.trial, "counter", 0, keepalive_ttl_s=1.0,
+                                                   control_key=key), self.resolver)
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(self.worker.run()), daemon=True)
         self.thread.start()
         self.name = names.worker_control("exp", self.trial, "counter/0")
-        self.client = ControlClient(self.trial)
+        self.client = ControlClient(self.trial, key=key)
         self.client.connect("counter/0", self.resolver.wait(self.name, timeout=5))
 
     def ask(self, command: str, payload: dict | None = None, timeout: float = 5.0):

@@ -13,6 +13,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 NAME_RESOLVE_ENV = "ZRL_NAME_RESOLVE"
 """Environment variable that carries the name service URL to a worker (kept out of argv: it may hold a password)."""
 
+NAME_RESOLVE_PASSWORD_ENV = "ZRL_NAME_RESOLVE_PASSWORD"
+"""Environment variable the controller takes the name service's password from, when neither `name_resolve` nor
+`name_resolve_password_file` gives one."""
+
 PARENT_PID_ENV = "ZRL_PARENT_PID"
 """Environment variable with the pid of a local worker's controller; the worker exits soon after that process dies."""
 
@@ -103,7 +107,11 @@ class ExperimentConfig:
     trial: str = ""
     """Trial name (empty: a timestamp and a random suffix, such as 20250101-120000-3fa2c1)."""
     name_resolve: str = ""
-    """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory)."""
+    """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory). Shown
+    and stored with its password masked; better give the password by name_resolve_password_file or
+    $ZRL_NAME_RESOLVE_PASSWORD, which keep it off the command line."""
+    name_resolve_password_file: str = ""
+    """File whose first line is the name service's password (Redis AUTH), used when name_resolve holds none."""
     scheduler: SchedulerName = "local"
     """How workers are launched: 'local' (subprocesses) or 'slurm' (sbatch jobs)."""
     run_root: str = "runs"

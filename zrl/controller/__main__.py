@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from types import FrameType
@@ -20,8 +21,9 @@ from zrl.config import ExperimentConfig, to_plain
 from zrl.controller.experiment_file import load_experiment
 from zrl.controller.help import config_help
 from zrl.controller.overrides import ConfigError, apply_overrides
-from zrl.controller.plan import RunPaths, launch_plan, name_resolve_url
+from zrl.controller.plan import RunPaths, launch_plan, name_resolve_url, with_name_service_password
 from zrl.controller.validate import complete, group_levels, validate
+from zrl.redact import redact_plain, redact_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +52,16 @@ def resolve_config(experiment_file: str, overrides: list[str]) -> ExperimentConf
 
 
 def dry_run_text(config: ExperimentConfig) -> str:
+    """The resolved config and the launch plan, every password in them masked."""
     from zrl.controller.schedulers import make_scheduler
 
     paths = RunPaths.for_config(config)
     scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
     order = " -> ".join("+".join(level) for level in group_levels(config))
-    return (f"resolved config:\n{json.dumps(to_plain(config), indent=2)}\n\n"
-            f"run directory: {paths.root}\nname service: {name_resolve_url(config, paths).split('@')[-1]}\n"
-            f"configure/start order: {order}\nlaunch plan ({config.scheduler} scheduler):\n"
-            f"{scheduler.describe(launch_plan(config, paths))}")
+    return redact_text(f"resolved config:\n{json.dumps(redact_plain(to_plain(config)), indent=2)}\n\n"
+                       f"run directory: {paths.root}\nname service: {name_resolve_url(config, paths)}\n"
+                       f"configure/start order: {order}\nlaunch plan ({config.scheduler} scheduler):\n"
+                       f"{scheduler.describe(launch_plan(config, paths))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.submit:
         return submit_controller_job(args.experiment_file, args.overrides, config)
+    try:
+        config = with_name_service_password(config, os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return run(config)
 
 
@@ -116,7 +124,7 @@ def run(config: ExperimentConfig) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = RunPaths.for_config(config)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.create()
     resolver = make_name_resolver(name_resolve_url(config, paths))
 
     def on_sigterm(_signum: int, _frame: FrameType | None) -> None:

@@ -44,7 +44,10 @@ from zrl.nameresolve import (
     NameResolver,
     names,
 )
+from zrl.redact import redact_plain
 from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
+from zrl.streams.control_auth import ControlKey
+from zrl.streams.control_key_file import write_control_key
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
@@ -117,7 +120,9 @@ class Controller:
         self.scheduler = scheduler
         self.resolver = resolver
         self.out = out
-        self.client = ControlClient(config.trial, sender="controller")
+        self.control_key = ControlKey.generate()
+        """This run's secret: workers take only control requests signed with it (see zrl.streams.control_auth)."""
+        self.client = ControlClient(config.trial, sender="controller", key=self.control_key)
         self.workers: dict[str, WorkerState] = {
             names.worker_id(group, i): WorkerState(group, i)
             for group, spec in config.workers.items() for i in range(spec.count)}
@@ -135,7 +140,8 @@ class Controller:
         except (TrialInUseError, NameResolveError) as exc:
             self._say(f"error: {exc}")
             return 1
-        self.paths.config.write_text(json.dumps(to_plain(self.config), indent=2))
+        self.paths.create()
+        self.paths.config.write_text(json.dumps(redact_plain(to_plain(self.config)), indent=2))
         code = 1
         try:
             self.start()
@@ -160,6 +166,8 @@ class Controller:
     def start(self) -> None:
         """Launch every worker, wait for them to register, then configure and start them in dependency order."""
         launches = [worker_launch(self.config, self.paths, s.group, s.index) for s in self.workers.values()]
+        self.paths.create()
+        write_control_key(self.paths.control_key, self.control_key)
         self.scheduler.submit(launches)
         self._say(f"launched {len(launches)} workers; logs in {self.paths.root / 'logs'}")
         self._wait_registered(list(self.workers), restart=False)
@@ -431,6 +439,7 @@ class Controller:
             self.resolver.clear_subtree(names.trial_root(self.config.experiment, self.config.trial))
         except NameResolveError as exc:
             self._say(f"warning: could not clear the trial's names: {exc}")
+        self.paths.control_key.unlink(missing_ok=True)  # no worker is left to read it
         accounting = sample_accounting({w: s.last_reply for w, s in self.workers.items()})
         self._write_summary(code, accounting)
         try:
@@ -487,8 +496,8 @@ class Controller:
             "workers": {w: {"status": s.status, "restarts": s.restarts, "last": s.last_reply}
                         for w, s in self.workers.items()},
         }
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
+        self.paths.create()
+        self.paths.summary.write_text(json.dumps(redact_plain(summary), indent=2, default=str))
 
     def _report_failure(self, failure: WorkerFailure) -> None:
         state = self.workers[failure.worker_id]

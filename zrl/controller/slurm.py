@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zrl.controller.plan import make_private_dir
 from zrl.controller.sbatch import (
     exit_file,
     job_name,
@@ -36,11 +37,11 @@ from zrl.controller.scheduler import (
     WorkerLaunch,
 )
 from zrl.hosts import is_loopback
+from zrl.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 _COMMAND_TIMEOUT_S = 60.0
-_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s']*@")
 # How long a submitted job may be missing from squeue before it counts as vanished.
 _LIST_GRACE_S = 60.0
 _GONE_ERRORS = ("Invalid job id", "already completing or completed")
@@ -148,7 +149,7 @@ class SlurmScheduler(Scheduler):
         for members in self._by_group(launches):
             name, script = self._render(members)
             texts.append(f"# sbatch --parsable {self.state_dir / name}.sbatch\n{script}")
-        return _URL_CREDENTIALS.sub(r"\1***@", "\n".join(texts))
+        return redact_text("\n".join(texts))
 
     def submit(self, launches: list[WorkerLaunch]) -> None:
         """Submit one job per worker group among `launches`; a single known worker becomes its own relaunch job."""
@@ -423,7 +424,7 @@ def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, 
     name = job_name(run_dir, "controller")
     script = render_controller_script(argv, options, name=name, output=run_dir / "controller-%j.log", cwd=cwd,
                                       resources=resources or Resources())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(run_dir)
     script_path = run_dir / f"{name}.sbatch"
     _write_private(script_path, script)
     job_id = _sbatch(script_path)

@@ -49,6 +49,8 @@ def validate(config: ExperimentConfig) -> None:
         elif scheme not in SUPPORTED_SCHEMES or scheme == "memory":
             errors.append(f"name_resolve: {config.name_resolve.split('@')[-1]!r} is not a URL that worker processes "
                           "can share; use file:///dir or redis://host:port/db")
+    if config.name_resolve_password_file and not config.name_resolve.lower().startswith(("redis://", "rediss://")):
+        errors.append("name_resolve_password_file: only a redis:// or rediss:// name_resolve takes a password")
     if not config.workers:
         errors.append("workers: an experiment needs at least one worker group")
     for name in config.workers:

@@ -10,6 +10,7 @@ from .errors import (
     NameEntryExistsError,
     NameEntryNotFoundError,
     NameResolveError,
+    NameServiceAuthError,
     NameServiceUnavailableError,
 )
 from .factory import SUPPORTED_SCHEMES, make_name_resolver
@@ -21,6 +22,7 @@ __all__ = [
     "NameEntryNotFoundError",
     "NameResolveError",
     "NameResolver",
+    "NameServiceAuthError",
     "NameServiceUnavailableError",
     "NameWatch",
     "SubtreeView",

@@ -21,3 +21,7 @@ class NameEntryExistsError(NameResolveError):
 
 class NameServiceUnavailableError(NameResolveError):
     """The backing service stayed unreachable for longer than the operation's retry budget."""
+
+
+class NameServiceAuthError(NameResolveError):
+    """The backing service refused this process's credentials (a missing or wrong password); not retried."""

@@ -34,7 +34,7 @@ class FileNameResolver(NameResolver):
         path = Path(root)
         if not path.is_absolute():
             raise ValueError(f"file name service root must be an absolute path, got {str(root)!r}")
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # names are addresses; no one else need read them
         self.root = path
 
     def __repr__(self) -> str:

@@ -26,6 +26,7 @@ from .errors import (
     NameEntryExistsError,
     NameEntryNotFoundError,
     NameResolveError,
+    NameServiceAuthError,
     NameServiceUnavailableError,
 )
 
@@ -107,6 +108,10 @@ class RedisNameResolver(NameResolver):
             attempts += 1
             try:
                 return fn()
+            except redis.AuthenticationError as exc:  # a ConnectionError to redis-py, but no retry will help
+                raise NameServiceAuthError(
+                    f"redis name service {self.url} refused the credentials during {what}: {str(exc).rstrip('.')}; give the right "
+                    "password (or ACL user and password) in the URL, or none if the server requires none") from exc
             except _OUTAGE_ERRORS as exc:
                 self._note_outage()
                 remaining = deadline - time.monotonic()

@@ -5,21 +5,26 @@ Commands: `configure`, `start`, `pause`, `resume`, `exit`, `status` (see `COMMAN
 Frames of a request, as the client sends them (the ROUTER prepends the client's identity frame)::
 
     frame 0   b""            delimiter
-    frame 1   signature      b"" today; reserved for an HMAC-SHA256 over frames 2.. (no protocol change needed)
-    frame 2   header         zrl.wire frame: {"v": PROTOCOL_VERSION, "trial": str, "sender": str,
-                             "id": str (unique per message), "command": str}
+    frame 1   signature      HMAC-SHA256 over frames 2.. with the trial's `ControlKey` (see `zrl.streams.control_auth`)
+    frame 2   header         zrl.wire frame: {"v": PROTOCOL_VERSION, "trial": str, "sender": str, "recipient": str,
+                             "id": str (unique per message), "time": float (sender's Unix time), "nonce": str,
+                             "command": str}
     frame 3.. body           zrl.wire frames of the command's payload (a dict, may be empty)
 
-A reply has the same frames; its header is {"v", "trial", "sender", "id", "reply_to": request id, "ok": bool},
-and its body is the command's result (a dict) when ok, else an error {"type", "message", "traceback"}: a
-worker's exception travels as text, never as a pickled object.
+A reply has the same frames; its header is {"v", "trial", "sender", "recipient": the request's sender, "id", "time",
+"nonce", "reply_to": request id, "ok": bool}, and its body is the command's result (a dict) when ok, else an error
+{"type", "message", "traceback"}: a worker's exception travels as text, never as a pickled object.
 
-A request whose frames do not decode is dropped and counted by kind (`ControlServer.counters`: `garbage.framing`,
-`garbage.header`, `garbage.body`), and the first of each kind is logged. A decodable request with the wrong protocol
-version, the wrong trial or an unknown command gets an error reply saying so. The worker's socket is bound like
-every stream's (`zrl.streams.sockets.bind_socket`), with `CONTROL_SOCKETS` as its options. Replies are matched to
-requests by id; late replies to a request that already timed out are discarded, and malformed ones are counted
-in `ControlClient.counters`.
+The worker refuses, without a reply, every request that is not authentic: unsigned, with a wrong signature
+(forged), addressed to another worker (misdirected), sent more than `MAX_MESSAGE_AGE_S` away from its clock
+(stale), or carrying a nonce it has seen (replayed). These are counted by kind (`ControlServer.counters`:
+`rejected.unsigned`, `rejected.forged`, ...) and the first of each kind is logged. A request whose frames do not
+decode is dropped and counted the same way (`garbage.framing`, `garbage.header`, `garbage.body`). An authentic
+request with the wrong protocol version, the wrong trial or an unknown command gets an error reply saying so. The
+worker's socket is bound like every stream's (`zrl.streams.sockets.bind_socket`), with `CONTROL_SOCKETS` as its
+options. The client checks the signature and recipient of every reply, matches replies to requests by id, and
+discards late replies to a request that already timed out; refused and malformed ones are counted in
+`ControlClient.counters`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.control_auth import MAX_MESSAGE_AGE_S, ControlKey, ReplayGuard, new_nonce
 from zrl.streams.sockets import (
     BoundEndpoint,
     SocketConfig,
@@ -45,7 +51,7 @@ from zrl.streams.sockets import (
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 COMMANDS = ("configure", "start", "pause", "resume", "exit", "status")
 CONTROL_SOCKETS = SocketConfig(max_message_bytes=4 * 1024 * 1024, linger_ms=0)
 """Socket options of both ends of the control channel (the worker's bind host is set per worker); a command
@@ -107,6 +113,13 @@ def _header_frame(header: dict[str, Any]) -> bytes:
     return bytes(frames[0])
 
 
+def _signed_frames(key: ControlKey, header: dict[str, Any], body_frames: list[Any]) -> list[Any]:
+    """[delimiter, signature, header, *body] of a message, with a fresh time and nonce in its header."""
+    header = {**header, "time": time.time(), "nonce": new_nonce()}
+    signed = [_header_frame(header), *body_frames]
+    return [b"", key.sign(signed), *signed]
+
+
 class MalformedMessage(wire.WireError):
     """A control message that cannot be read; `kind` names what was wrong with it, for counting."""
 
@@ -115,33 +128,60 @@ class MalformedMessage(wire.WireError):
         self.kind = kind
 
 
-def _split(frames: list[bytes]) -> tuple[dict[str, Any], Any]:
-    """Decode [delimiter, signature, header, *body] into (header, body); raise MalformedMessage if malformed."""
+class RejectedMessage(Exception):
+    """A control message that is not authentic; `kind` names why (unsigned, forged, misdirected, ...), for counting."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+_HEADER_STRINGS = ("trial", "sender", "recipient", "id", "nonce")
+
+
+def _open(frames: list[bytes], key: ControlKey, recipient: str) -> tuple[dict[str, Any], Any]:
+    """Check and decode [delimiter, signature, header, *body] into (header, body).
+
+    Raises MalformedMessage when it does not decode, RejectedMessage when it is not signed with `key` or not
+    addressed to `recipient`.
+    """
     if len(frames) < 4 or frames[0] != b"":
         raise MalformedMessage("framing", f"a control message needs delimiter, signature, header and body frames, "
                                           f"got {len(frames)} frames")
+    signature, signed = frames[1], frames[2:]
+    if not signature:
+        raise RejectedMessage("unsigned", "a control message without a signature")
+    if not key.verify(signature, signed):
+        raise RejectedMessage("forged", "a control message whose signature does not match the trial's key")
     try:
-        header = wire.decode([frames[2]])
+        header = wire.decode([signed[0]])
     except wire.WireError as exc:
         raise MalformedMessage("header", f"control header: {exc}") from None
-    if not isinstance(header, dict) or not all(isinstance(header.get(k), str) for k in ("trial", "sender", "id")):
-        raise MalformedMessage("header", f"control header must be a mapping with str trial, sender and id, "
-                                         f"got {header!r}")
+    if (not isinstance(header, dict) or not all(isinstance(header.get(k), str) for k in _HEADER_STRINGS)
+            or not isinstance(header.get("time"), (int, float))):
+        raise MalformedMessage("header", f"control header must be a mapping with str {', '.join(_HEADER_STRINGS)} "
+                                         f"and a numeric time, got {header!r}")
+    if header["recipient"] != recipient:
+        raise RejectedMessage("misdirected", f"a control message for {header['recipient']!r} reached {recipient!r}")
     try:
-        return header, wire.decode(frames[3:])
+        return header, wire.decode(signed[1:])
     except wire.WireError as exc:
         raise MalformedMessage("body", f"control body: {exc}") from None
 
 
 class ControlServer(BoundEndpoint):
-    """The worker's end: a ROUTER bound to `host` on a free port; `recv` yields requests, `reply` answers them.
+    """The worker's end: a ROUTER bound to `host` on a free port; `recv` yields authentic requests signed with `key`,
+    `reply` answers them.
 
     Not thread-safe: use it from one thread (the worker's control thread).
     """
 
-    def __init__(self, trial: str, sender: str, host: str = "127.0.0.1", context: zmq.Context | None = None):
+    def __init__(self, trial: str, sender: str, host: str = "127.0.0.1", context: zmq.Context | None = None, *,
+                 key: ControlKey, max_age_s: float = MAX_MESSAGE_AGE_S):
         self.trial = trial
         self.sender = sender
+        self._key = key
+        self._guard = ReplayGuard(max_age_s)
         self.counters = StreamCounters("control", logger)
         self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.ROUTER,
                                                  replace(CONTROL_SOCKETS, bind_host=host))
@@ -172,9 +212,16 @@ class ControlServer(BoundEndpoint):
             return None
         identity, rest = frames[0], frames[1:]
         try:
-            header, body = _split(rest)
+            header, body = _open(rest, self._key, self.sender)
         except MalformedMessage as exc:
             self.counters.garbage(exc.kind, exc)
+            return None
+        except RejectedMessage as exc:
+            self.counters.rejected(exc.kind, str(exc))
+            return None
+        refusal = self._guard.check(header["time"], header["nonce"])
+        if refusal is not None:
+            self.counters.rejected(*refusal)
             return None
         request = ControlRequest(identity, header["id"], header["sender"], str(header.get("command")),
                                  body if isinstance(body, dict) else {})
@@ -194,26 +241,29 @@ class ControlServer(BoundEndpoint):
 
     def reply(self, request: ControlRequest, result: dict[str, Any] | None = None,
               error: ErrorInfo | None = None) -> None:
-        header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "id": uuid.uuid4().hex,
-                  "reply_to": request.id, "ok": error is None}
+        header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "recipient": request.sender,
+                  "id": uuid.uuid4().hex, "reply_to": request.id, "ok": error is None}
         body = error.to_dict() if error is not None else (result or {})
         try:
             body_frames = wire.encode(body)
         except wire.WireError as exc:
             body_frames = wire.encode(ErrorInfo.from_exception(exc).to_dict())
             header["ok"] = False
-        self._socket.send_multipart([request.identity, b"", b"", _header_frame(header), *body_frames], copy=False)
+        self._socket.send_multipart([request.identity, *_signed_frames(self._key, header, body_frames)], copy=False)
 
 
 class ControlClient:
-    """The controller's end: one DEALER per worker; `request` addresses one worker, a group, or all of them.
+    """The controller's end: one DEALER per worker; `request` addresses one worker, a group, or all of them, with
+    requests signed by `key`, and takes only replies signed by it.
 
     Not thread-safe: use it from one thread.
     """
 
-    def __init__(self, trial: str, sender: str = "controller", context: zmq.Context | None = None):
+    def __init__(self, trial: str, sender: str = "controller", context: zmq.Context | None = None, *,
+                 key: ControlKey):
         self.trial = trial
         self.sender = sender
+        self._key = key
         self._context = context or zmq.Context.instance()
         self.counters = StreamCounters("control", logger)
         self._sockets: dict[str, zmq.Socket] = {}
@@ -263,9 +313,9 @@ class ControlClient:
         pending: dict[str, str] = {}
         for worker_id in self.select(target):
             message_id = uuid.uuid4().hex
-            header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "id": message_id,
-                      "command": command}
-            self._sockets[worker_id].send_multipart([b"", b"", _header_frame(header), *body_frames], copy=False)
+            header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "recipient": worker_id,
+                      "id": message_id, "command": command}
+            self._sockets[worker_id].send_multipart(_signed_frames(self._key, header, body_frames), copy=False)
             pending[worker_id] = message_id
         replies: dict[str, ControlReply] = {}
         poller = zmq.Poller()
@@ -293,9 +343,12 @@ class ControlClient:
         if oversized(frames, CONTROL_SOCKETS, self.counters):
             return None
         try:
-            header, body = _split(frames)
+            header, body = _open(frames, self._key, self.sender)
         except MalformedMessage as exc:
             self.counters.garbage(exc.kind, f"reply from {worker_id}: {exc}")
+            return None
+        except RejectedMessage as exc:
+            self.counters.rejected(exc.kind, f"reply from {worker_id}: {exc}")
             return None
         if expected_id is None or header.get("reply_to") != expected_id:
             return None

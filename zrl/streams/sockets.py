@@ -145,6 +145,16 @@ class StreamCounters:
             self.logger.warning("stream %s: dropped a malformed message (%s): %s; further ones are only counted",
                                 self.stream, kind, detail)
 
+    def rejected(self, kind: str, detail: str) -> None:
+        """Count a message refused as not authentic (unsigned, forged, misdirected, stale, replayed); log the first
+        of each kind."""
+        self._counts["rejected"] += 1
+        self._counts[f"rejected.{kind}"] += 1
+        if f"rejected.{kind}" not in self._logged_kinds:
+            self._logged_kinds.add(f"rejected.{kind}")
+            self.logger.warning("stream %s: rejected a message (%s): %s; further ones are only counted",
+                                self.stream, kind, detail)
+
     def dropped(self, kind: str, amount: int, detail: str) -> None:
         """Count well-formed items that were dropped on purpose (full queue, duplicate); log the first of each kind."""
         self._counts["dropped"] += amount

@@ -4,7 +4,9 @@
         --name-resolve file:///tmp/names
 
 The controller builds this command for every worker; run it by hand only to debug one worker. The worker registers
-its control address in the name service and waits for `configure` and `start` on the control channel.
+its control address in the name service and waits for `configure` and `start` on the control channel, taking only
+requests signed with the trial's control key: the file named by $ZRL_CONTROL_KEY_FILE (the controller writes
+{run_dir}/control.key), or the hex key in $ZRL_CONTROL_KEY.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from types import FrameType
 from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts
 from zrl.hosts import node_address
 from zrl.nameresolve import make_name_resolver, names
+from zrl.streams.control_key_file import CONTROL_KEY_ENV, ControlKeyError, load_control_key
 from zrl.workers.base import WorkerContext
 from zrl.workers.lifeline import Lifeline
 from zrl.workers.registry import worker_class
@@ -59,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        control_key = load_control_key(os.environ)
+    except ControlKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.pop(CONTROL_KEY_ENV, None)  # processes this worker starts do not inherit the key
     context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl,
-                            args.group_size, args.run_dir)
+                            args.group_size, args.run_dir, control_key)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {context.worker_id} %(name)s: %(message)s")
     cls = worker_class(args.type)

@@ -11,7 +11,9 @@ Lifecycle, driven by the controller over the control channel (`zrl.streams.contr
 The control socket is served by its own thread, so `status`, `pause`, `resume` and `exit` are answered at once,
 even during a long `_poll`; pause and exit take effect when that `_poll` returns. `configure` and `start` run
 user code and are executed by the main thread between polls. After an error the worker keeps serving control,
-so the controller can read the error (type, message, traceback) from `status` before it sends `exit`.
+so the controller can read the error (type, message, traceback) from `status` before it sends `exit`. Only requests
+signed with the trial's key (`WorkerContext.control_key`) are taken; refused ones are counted under `control` in
+every status reply.
 
 Names (keepalive entries, deleted at exit): the control address under `names.worker_control`, and the current
 status under `names.worker_status`, which the main loop republishes whenever the status changes.
@@ -31,6 +33,7 @@ from typing import Any, ClassVar
 from zrl.config import from_plain
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
 from zrl.streams.control import ControlRequest, ControlServer, ErrorInfo
+from zrl.streams.control_auth import ControlKey
 
 
 class CommandRejected(RuntimeError):
@@ -74,6 +77,8 @@ class WorkerContext:
     run_dir: str = ""
     """The run directory `{run_root}/{experiment}/{trial}` for files the worker keeps (metrics, weights); empty:
     the current directory."""
+    control_key: ControlKey | None = None
+    """The trial's key: the worker takes only control requests signed with it. Required by `Worker.run`."""
 
     @property
     def worker_id(self) -> str:
@@ -146,7 +151,11 @@ class Worker:
 
     def run(self) -> int:
         """Register, serve control and poll until `exit`; returns the process exit code (0, or 1 after an error)."""
-        self._control = ControlServer(self.context.trial, self.context.worker_id, self.context.host)
+        if self.context.control_key is None:
+            raise ValueError(f"worker {self.context.worker_id} has no control key (WorkerContext.control_key): it "
+                             "would take no command, as only requests signed with the trial's key are taken")
+        self._control = ControlServer(self.context.trial, self.context.worker_id, self.context.host,
+                                      key=self.context.control_key)
         control_thread = threading.Thread(target=self._serve_control, name="control", daemon=True)
         control_thread.start()
         self.name_resolver.add(self.control_name, self._control.address,
@@ -331,5 +340,6 @@ class Worker:
             "last_poll_age_s": time.monotonic() - self._last_poll,
             "in_poll": self._in_poll,
             "stats": stats,
+            "control": self._control.as_dict() if self._control is not None else {},
             "error": self._error.to_dict() if self._error is not None else None,
         }
