@@ -13,6 +13,9 @@ even during a long `_poll`; pause and exit take effect when that `_poll` returns
 user code and are executed by the main thread between polls. After an error the worker keeps serving control,
 so the controller can read the error (type, message, traceback) from `status` before it sends `exit`.
 
+A status reply carries the worker's counters: its polls, samples and batches, what `_stats()` returns, and under
+`control` what its control socket dropped as malformed (`garbage.<kind>`).
+
 Names (keepalive entries, deleted at exit): the control address under `names.worker_control`, and the current
 status under `names.worker_status`, which the main loop republishes whenever the status changes.
 """
@@ -331,5 +334,6 @@ class Worker:
             "last_poll_age_s": time.monotonic() - self._last_poll,
             "in_poll": self._in_poll,
             "stats": stats,
+            "control": self._control.as_dict() if self._control is not None else {},
             "error": self._error.to_dict() if self._error is not None else None,
         }
