@@ -26,8 +26,9 @@ PER_PRODUCER = 400
 WORKERS = ("server/0", "server/1", "consumer/0", "producer/0", "producer/1")
 # Each producer posts 40 batches of 10 with a 0.5 s pause after each, so the run lasts 20 s at least: longer than
 # the chaos below. A killed server is relaunched: a user expects a crashed inference server back, not a failed run.
+# A run that lost a sample would wait for it forever: max_run_s ends it with its summary written.
 CHAOS_RUN = (
-    "workers.server.count=2", "workers.server.restart=on_failure", "workers.server.max_restarts=1",
+    "timeouts.max_run_s=60", "workers.server.count=2", "workers.server.restart=on_failure", "workers.server.max_restarts=1",
     f"workers.producer.config.num_samples={PER_PRODUCER}", "workers.producer.config.batch_size=10",
     "workers.producer.config.interval_s=0.5", f"workers.consumer.config.expected_samples={PRODUCERS * PER_PRODUCER}",
 )
@@ -35,8 +36,9 @@ HOLD_S = 1.5
 """How long the server to be killed is stopped first, so that the producers' requests wait on it when it dies."""
 FREEZE_S = 2.0
 """How long a producer is stopped: under the controller's lost_after_s and its name's keepalive TTL."""
-FLOOD_MESSAGES = 2000
-"""Garbage messages sent to each bound port."""
+FLOOD_MESSAGES = 800
+"""Garbage messages sent to each bound port: under its receive high-water mark (1000), so a worker that is slow to
+read them (the stopped producer) never stops reading its connection, which ZeroMQ's heartbeat would then close."""
 BOUND_PORTS = Counter(control=len(WORKERS), inference_stream=2, sample_stream=1)
 """The bound sockets a running echo demo registers, by kind of name."""
 
@@ -51,6 +53,17 @@ def chaos_run(tmp_path: Path, redis_server) -> Iterator[ControllerRun]:
 
 
 @pytest.fixture
+def flooder() -> Iterator[zmq.Context]:
+    """The context of the garbage peers. They stay connected until the test ends: a peer that closed at once would
+    have its connection reset by the kernel at the worker's next heartbeat, dropping what the worker had not read."""
+    context = zmq.Context()
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+@pytest.fixture
 def resolver(redis_server) -> Iterator[NameResolver]:
     with make_name_resolver(redis_server.url) as made:
         yield made
@@ -59,18 +72,18 @@ def resolver(redis_server) -> Iterator[NameResolver]:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_echo_demo_survives_chaos_and_accounts_for_every_sample(chaos_run: ControllerRun, redis_server,
-                                                                 resolver: NameResolver):
+                                                                 resolver: NameResolver, flooder: zmq.Context):
     run = chaos_run
     run.wait_for_output("workers RUNNING", timeout=40)
     servers_before = set(streams_in(bound_ports(resolver, run.trial), "inference_stream"))
     kill_a_server_holding_requests(run, resolver)
     redis_server.restart(downtime=0.1)  # shorter than any keepalive refresh period
     ports = wait_for_bound_ports(resolver, run.trial)
-    flood(ports, garbage_messages(FLOOD_MESSAGES))
+    flood(flooder, ports, garbage_messages(FLOOD_MESSAGES))
     freeze_a_producer(run, resolver)
     assert run.process.poll() is None, f"the run ended before the chaos did; lengthen it:\n{run.output}"
 
-    assert run.wait(timeout=60) == 0, run.output
+    assert run.wait(timeout=80) == 0, run.output
     summary = run.summary()
     assert summary["workers"]["consumer/0"]["status"] == "COMPLETED"
     assert {w: s["restarts"] for w, s in summary["workers"].items()} == {w: int(w == "server/1") for w in WORKERS}
@@ -151,25 +164,18 @@ def garbage_messages(count: int, seed: int = 0) -> list[list[bytes]]:
     return messages
 
 
-def flood(ports: dict[str, str], messages: list[list[bytes]]) -> None:
-    """Send every message to every port at once, from a peer of the right socket type; return once all are sent."""
-    context = zmq.Context()
-    try:
-        sockets = []
-        for key, address in ports.items():
-            sock = context.socket(zmq.PUSH if "/sample_stream/" in key else zmq.DEALER)
-            sock.setsockopt(zmq.SNDHWM, len(messages) + 1)
-            sock.setsockopt(zmq.SNDTIMEO, 10_000)
-            sock.setsockopt(zmq.LINGER, 10_000)
-            sock.connect(address)
-            sockets.append(sock)
-        for frames in messages:
-            for sock in sockets:
-                sock.send_multipart(frames)
+def flood(context: zmq.Context, ports: dict[str, str], messages: list[list[bytes]]) -> None:
+    """Queue every message to every port at once, each from a peer of the right socket type that stays connected."""
+    sockets = []
+    for key, address in ports.items():
+        sock = context.socket(zmq.PUSH if "/sample_stream/" in key else zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, len(messages) + 1)
+        sock.setsockopt(zmq.SNDTIMEO, 10_000)
+        sock.connect(address)
+        sockets.append(sock)
+    for frames in messages:
         for sock in sockets:
-            sock.close()
-    finally:
-        context.term()  # returns once the queued messages have been handed to the kernel
+            sock.send_multipart(frames)
 
 
 def check_requests_of_the_killed_server_answered(run: ControllerRun, summary: dict, killed: set[str]) -> None:
