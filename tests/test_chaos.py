@@ -4,6 +4,7 @@ the run completes, and every sample and every garbage message is accounted for."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from test_controller_e2e import ControllerRun, check_samples
+from test_controller_e2e import ControllerRun, check_samples, signal_if_alive
 from test_nameresolve import eventually
 
 from zrl.nameresolve import NameEntryNotFoundError, NameResolver, make_name_resolver, names
@@ -35,10 +36,11 @@ CHAOS_RUN = (
 HOLD_S = 1.5
 """How long the server to be killed is stopped first, so that the producers' requests wait on it when it dies."""
 FREEZE_S = 2.0
-"""How long a producer is stopped: under the controller's lost_after_s and its name's keepalive TTL."""
+"""How long a producer stays stopped after the Redis restart: under the controller's lost_after_s and the keepalive
+TTL of its names."""
 FLOOD_MESSAGES = 800
 """Garbage messages sent to each bound port: under its receive high-water mark (1000), so a worker that is slow to
-read them (the stopped producer) never stops reading its connection, which ZeroMQ's heartbeat would then close."""
+read them never stops reading the connection, which ZeroMQ's heartbeat would then close with the rest unread."""
 BOUND_PORTS = Counter(control=len(WORKERS), inference_stream=2, sample_stream=1)
 """The bound sockets a running echo demo registers, by kind of name."""
 
@@ -77,10 +79,12 @@ def test_echo_demo_survives_chaos_and_accounts_for_every_sample(chaos_run: Contr
     run.wait_for_output("workers RUNNING", timeout=40)
     servers_before = set(streams_in(bound_ports(resolver, run.trial), "inference_stream"))
     kill_a_server_holding_requests(run, resolver)
-    redis_server.restart(downtime=0.1)  # shorter than any keepalive refresh period
-    ports = wait_for_bound_ports(resolver, run.trial)
+    with a_producer_frozen(run, resolver):
+        # The frozen producer cannot re-register its names while it is stopped: it is not LOST for that.
+        redis_server.restart(downtime=0.1)  # shorter than any keepalive refresh period
+        time.sleep(FREEZE_S)
+    ports = wait_for_bound_ports(resolver, run)
     flood(flooder, ports, garbage_messages(FLOOD_MESSAGES))
-    freeze_a_producer(run, resolver)
     assert run.process.poll() is None, f"the run ended before the chaos did; lengthen it:\n{run.output}"
 
     assert run.wait(timeout=80) == 0, run.output
@@ -106,16 +110,17 @@ def kill_a_server_holding_requests(run: ControllerRun, resolver: NameResolver) -
     assert eventually(lambda: value_or_none(resolver, control) not in (None, old_address), timeout=30), run.output
 
 
-def freeze_a_producer(run: ControllerRun, resolver: NameResolver) -> None:
-    """Stop producer/0 in the middle of its work for FREEZE_S, then let it go on."""
+@contextlib.contextmanager
+def a_producer_frozen(run: ControllerRun, resolver: NameResolver) -> Iterator[None]:
+    """Stop producer/0 in the middle of its work for the block, then let it go on."""
     status = names.worker_status("echo", run.trial, "producer/0")
     assert eventually(lambda: value_or_none(resolver, status) == "RUNNING", timeout=10), run.output
     pid = run.worker_pids()["producer/0"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        time.sleep(FREEZE_S)
+        yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        signal_if_alive(pid, signal.SIGCONT)
 
 
 def value_or_none(resolver: NameResolver, name: str) -> str | None:
@@ -136,16 +141,16 @@ def bound_ports(resolver: NameResolver, trial: str) -> dict[str, str]:
     return {key: address for key, address in registered.items() if address and address.startswith("tcp://")}
 
 
-def wait_for_bound_ports(resolver: NameResolver, trial: str, timeout: float = 20) -> dict[str, str]:
+def wait_for_bound_ports(resolver: NameResolver, run: ControllerRun, timeout: float = 20) -> dict[str, str]:
     """The bound ports, once every worker and stream has registered its socket again after the Redis restart."""
     ports: dict[str, str] = {}
 
     def complete() -> bool:
         nonlocal ports
-        ports = bound_ports(resolver, trial)
+        ports = bound_ports(resolver, run.trial)
         return Counter(key.split("/")[2] for key in ports) == BOUND_PORTS
 
-    assert eventually(complete, timeout=timeout, poll=0.1), f"registered after the restart: {sorted(ports)}"
+    assert eventually(complete, timeout=timeout, poll=0.1), f"registered: {sorted(ports)}; run:\n{run.output}"
     return ports
 
 
