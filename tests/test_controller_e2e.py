@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +70,27 @@ class ControllerRun:
     def summary(self) -> dict:
         return json.loads((self.run_dir / "summary.json").read_text())
 
+    def close(self) -> None:
+        """Stop the controller if it still runs (it stops its workers), then kill any worker of the trial it left."""
+        for pid in self.worker_pids().values():
+            signal_if_alive(pid, signal.SIGCONT)  # a stopped worker could not act on its exit
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in self.worker_pids().values():
+            signal_if_alive(pid, signal.SIGKILL)
+
+
+def signal_if_alive(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
 
 def alive(pid: int) -> bool:
     """True while `pid` is a live process (a zombie awaiting its reaper counts as dead)."""
@@ -78,16 +101,27 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def check_counts(summary: dict, producers: int, per_producer: int) -> None:
+def check_samples(summary: dict, producers: int, per_producer: int) -> None:
+    """Every sample a producer produced was sent once, received once and checked, and the report balances."""
     workers = summary["workers"]
     producer_stats = [workers[f"producer/{i}"]["last"]["stats"] for i in range(producers)]
     consumer = workers["consumer/0"]["last"]["stats"]
-    server = workers["server/0"]["last"]["stats"]
+    assert [stats["accounting"]["produced"] for stats in producer_stats] == [per_producer] * producers
     sent = sum(stats["samples"]["sent"] for stats in producer_stats)
     assert sent == consumer["samples"]["received"] == consumer["distinct"] == producers * per_producer
+    assert consumer["accounting"] == {"received": sent, "consumed": sent}
     assert consumer["duplicates"] == 0 and consumer["wrong_answers"] == 0
     assert sum(stats["samples"]["dropped"] for stats in producer_stats) == 0
-    assert consumer["samples"]["dropped"] == consumer["samples"]["garbage"] == 0
+    assert consumer["samples"]["dropped"] == 0
+    accounting = summary["sample_accounting"]
+    assert accounting["balanced"] is True and accounting["in_flight_at_stop"] == 0, accounting
+    assert accounting["produced"] == accounting["received"] == accounting["consumed"] == sent, accounting
+
+
+def check_counts(summary: dict, producers: int, per_producer: int) -> None:
+    check_samples(summary, producers, per_producer)
+    assert summary["workers"]["consumer/0"]["last"]["stats"]["samples"]["garbage"] == 0
+    server = summary["workers"]["server/0"]["last"]["stats"]
     assert server["received"] == server["sent"] == producers * per_producer
 
 

@@ -38,6 +38,16 @@ def test_accounting_sums_workers_and_balances():
            "(balanced)" in accounting_text(totals)
 
 
+def test_accounting_counts_samples_consumed_without_training():
+    totals = sample_accounting({"producer/0": reply({"produced": 30}), "server/0": reply(),
+                                "consumer/0": reply({"received": 25, "consumed": 25})})
+    assert totals["balanced"] and totals["in_flight_at_stop"] == 5
+    assert "produced 30 = trained 0 + consumed 25 + dropped stale 0 + dropped by dynamic sampling 0 + in flight at " \
+           "stop 5 (balanced)" in accounting_text(totals)
+    assert not sample_accounting({"producer/0": reply({"produced": 30}),
+                                  "consumer/0": reply({"received": 25, "consumed": 20})})["balanced"]
+
+
 def test_accounting_that_does_not_add_up_says_so():
     totals = sample_accounting({"rollout/0": reply({"produced": 10}),
                                 "trainer/0": reply({"received": 10, "trained": 4, "buffered": 0})})

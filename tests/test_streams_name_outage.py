@@ -96,3 +96,40 @@ def test_sample_producer_delivers_through_a_redis_outage(redis_server, resolvers
     finally:
         producer.close()
         consumer.close()
+
+
+def test_sample_producer_loses_nothing_through_fast_redis_restarts(redis_server, resolvers):
+    # A restarted Redis is empty until each owner re-registers its names. A producer that dropped the consumer in
+    # that moment lost the batches still on their way to it, though it had counted them as sent.
+    root = names.sample_stream("exp", "t", "trees")
+    consumer = NameResolvingSampleConsumer(resolvers[0], root, SampleStreamConfig(keepalive_ttl_s=3.0))
+    producer = NameResolvingSampleProducer(resolvers[1], root, SampleStreamConfig(resolve_interval_s=0.05))
+    got: list[int] = []
+    stop = threading.Event()
+
+    def drain_until_stopped() -> None:
+        while not stop.is_set():
+            got.extend(consumer.consume(1000, timeout=0.02))
+
+    drain = threading.Thread(target=drain_until_stopped)
+    drain.start()
+    posted = 0
+    try:
+        for _ in range(6):
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                producer.post_many(range(posted, posted + 10))
+                producer.flush()
+                posted += 10
+                time.sleep(0.005)
+            redis_server.restart(downtime=0.05)
+        deadline = time.monotonic() + 5
+        while len(got) < posted and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        drain.join()
+        producer.close()
+        consumer.close()
+    assert producer.as_dict()["sent"] == posted
+    assert len(got) == posted and sorted(got) == list(range(posted))

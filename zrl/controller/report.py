@@ -2,8 +2,10 @@
 `metrics.jsonl` (a table on the terminal and `learning_curve.png` in the run directory).
 
 Workers report what they count under `stats.accounting` in their status: rollout workers `produced`, trainers
-`received`, `trained`, `dropped_stale`, `dropped_dynamic` and `buffered` (all in trajectories). The run balances
-when everything received is trained, dropped or still buffered, and nothing was received that was not produced.
+`received`, `trained`, `dropped_stale`, `dropped_dynamic` and `buffered` (all in trajectories); a consumer that
+uses samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
+`produced`. The run balances when everything received is trained, consumed, dropped or still buffered, and nothing
+was received that was not produced.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ACCOUNTING_KEYS = ("produced", "received", "trained", "dropped_stale", "dropped_dynamic", "buffered")
+ACCOUNTING_KEYS = ("produced", "received", "trained", "consumed", "dropped_stale", "dropped_dynamic", "buffered")
 CURVE_FILE = "learning_curve.png"
 
 
@@ -32,7 +34,7 @@ def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str
     if not found:
         return None
     totals["in_flight_at_stop"] = (totals["produced"] - totals["received"]) + totals["buffered"]
-    accounted = totals["trained"] + totals["dropped_stale"] + totals["dropped_dynamic"]
+    accounted = totals["trained"] + totals["consumed"] + totals["dropped_stale"] + totals["dropped_dynamic"]
     totals["balanced"] = (totals["received"] == accounted + totals["buffered"]
                           and totals["received"] <= totals["produced"])
     return totals
@@ -40,9 +42,10 @@ def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str
 
 def accounting_text(totals: Mapping[str, Any]) -> str:
     verdict = "balanced" if totals["balanced"] else "DOES NOT BALANCE"
-    return (f"samples (trajectories): produced {totals['produced']} = trained {totals['trained']} + dropped stale "
-            f"{totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']} + in flight at "
-            f"stop {totals['in_flight_at_stop']} ({verdict})")
+    consumed = f" + consumed {totals['consumed']}" if totals["consumed"] else ""
+    return (f"sample accounting: produced {totals['produced']} = trained {totals['trained']}{consumed} + dropped "
+            f"stale {totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']} + in flight "
+            f"at stop {totals['in_flight_at_stop']} ({verdict})")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 Failure detection: every `timeouts.status_interval_s` the controller polls the scheduler (a worker process that
 exited), asks every worker for its status (ERROR carries the worker's traceback) and checks its control name (an
-expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST). A failed worker of a group with
+expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST; a name is only taken as expired once the
+worker has not answered for `timeouts.keepalive_ttl_s`, since a restarted name service loses names that their
+workers then register again). A failed worker of a group with
 `restart=on_failure` is stopped at once and relaunched and reconfigured after `restart_backoff_s` (doubled for each
 further restart of it), up to `max_restarts` times, while the others keep running; otherwise the run stops, prints
 the worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and
@@ -331,7 +333,9 @@ class Controller:
             if now - state.last_answer > timeouts.lost_after_s:
                 self._failed(worker_id, f"LOST: no answer for {now - state.last_answer:.1f} s", None, True)
                 continue
-            if not self._name_alive(worker_id):
+            # A name expires only a whole TTL after its worker stopped refreshing it; one missing sooner was lost with
+            # a restarted name service, and its worker registers it again once it runs.
+            if now - state.last_answer > timeouts.keepalive_ttl_s and not self._name_alive(worker_id):
                 self._failed(worker_id, "LOST: its control name expired from the name service", None, True)
 
     def _stall(self, worker_id: str, result: dict[str, Any]) -> str | None:

@@ -231,17 +231,31 @@ class NameResolvingSampleProducer(SampleProducer):
     """Spreads samples over (or broadcasts them to) the consumers registered under `root` in the name service.
 
     Resolving runs in the background (`SubtreeView`): during a name-service outage the producer goes on with the
-    consumers it knows.
+    consumers it knows. In round robin, a consumer whose name vanishes stays connected for `keepalive_ttl_s`: a name
+    service that restarted empty lists it again once it re-registers, and disconnecting it in between would drop the
+    batches still on their way to it, which were counted as sent. (A consumer that is really gone gets nothing
+    meanwhile: round robin sends only over live connections.)
     """
 
     def __init__(self, resolver: NameResolver, root: str, config: SampleStreamConfig | None = None, *,
                  broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
         config = config or SampleStreamConfig()
         self._view = SubtreeView(resolver, root, config.resolve_interval_s)
+        self._vanished_at: dict[str, float] = {}
         super().__init__(self._view.values(), config, broadcast=broadcast, name=name, context=context)
 
     def _refresh_consumers(self) -> None:
-        self._set_addresses(self._view.values())
+        self._set_addresses(self._registered_or_recently_vanished(self._view.values()))
+
+    def _registered_or_recently_vanished(self, registered: list[str]) -> list[str]:
+        if self.broadcast:
+            return registered
+        now = time.monotonic()
+        vanished = {address: self._vanished_at.get(address, now) for address in self._addresses
+                    if address not in registered}
+        self._vanished_at = {address: since for address, since in vanished.items()
+                             if now - since < self.config.keepalive_ttl_s}
+        return registered + list(self._vanished_at)
 
     def close(self, flush: bool = True) -> None:
         try:

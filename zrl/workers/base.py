@@ -15,6 +15,9 @@ so the controller can read the error (type, message, traceback) from `status` be
 signed with the trial's key (`WorkerContext.control_key`) are taken; refused ones are counted under `control` in
 every status reply.
 
+A status reply carries the worker's counters: its polls, samples and batches, what `_stats()` returns, and under
+`control` what its control socket dropped as malformed (`garbage.<kind>`).
+
 Names (keepalive entries, deleted at exit): the control address under `names.worker_control`, and the current
 status under `names.worker_status`, which the main loop republishes whenever the status changes.
 """

@@ -79,11 +79,12 @@ class EchoProducer(Worker):
         seqs = range(self.next_seq, min(self.next_seq + config.batch_size, config.num_samples))
         ids = self.client.post_many({"value": seq} for seq in seqs)
         answers = self.client.wait(ids, timeout=config.request_timeout_s)
+        # Counted before they are handed to the stream, so a consumer never reports more than was produced.
+        self.next_seq = seqs[-1] + 1
         for seq, request_id in zip(seqs, ids, strict=True):
             self.producer.post({"producer": self.context.worker_id, "seq": seq, "value": seq,
                                 "answer": answers[request_id]["value"]})
         self.producer.flush()
-        self.next_seq = seqs[-1] + 1
         if 0 <= config.fail_after <= self.next_seq:
             raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
         if 0 <= config.hang_after <= self.next_seq:
@@ -95,7 +96,8 @@ class EchoProducer(Worker):
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "producer"):
             return {}
-        return {"posted": getattr(self, "next_seq", 0), "samples": self.producer.as_dict(),
+        posted = getattr(self, "next_seq", 0)
+        return {"posted": posted, "accounting": {"produced": posted}, "samples": self.producer.as_dict(),
                 "inference": self.client.as_dict()}
 
     def _close(self) -> None:
@@ -112,11 +114,13 @@ class EchoConsumer(Worker):
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
         self.seen: set[tuple[str, int]] = set()
+        self.received = 0
         self.duplicates = 0
         self.wrong_answers = 0
 
     def _poll(self) -> PollResult:
         samples = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
+        self.received += len(samples)
         for sample in samples:
             key = (str(sample["producer"]), int(sample["seq"]))
             if key in self.seen:
@@ -131,7 +135,9 @@ class EchoConsumer(Worker):
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "consumer"):
             return {}
+        # Every sample taken is checked (a repeat is counted as a duplicate): all are consumed, none is buffered.
         return {"distinct": len(self.seen), "duplicates": self.duplicates, "wrong_answers": self.wrong_answers,
+                "accounting": {"received": self.received, "consumed": self.received},
                 "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:
