@@ -245,3 +245,34 @@ def test_batched_sampling_follows_temperature_and_top_p_row_by_row():
              for _ in range(1)]
     together = sample_rows(logits, temperatures, top_ps, [torch.Generator().manual_seed(9)] + generators[1:])
     assert int(together[0]) == alone[0]
+
+
+def test_adopted_weights_are_shared_and_copied_weights_are_not(tiny_model_dir, prompts):  # noqa: F811
+    engine = HFEngine(tiny_model_dir)
+    requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
+    before = engine.generate(requests)
+    state = read_state_dict(tiny_model_dir)
+    copied = {name: tensor.clone() for name, tensor in state.items()}
+    engine.load_weights(copied, version=1)
+    for tensor in copied.values():
+        tensor.add_(1.0)  # the caller still owns these: the engine must not see the change
+    assert [r.token_ids for r in engine.generate(requests)] == [r.token_ids for r in before]
+
+    handed_over = {name: tensor.clone() for name, tensor in state.items()}
+    engine.load_weights(handed_over, version=2, adopt=True)
+    parameters = dict(engine.model.named_parameters())
+    shared = [name for name, tensor in handed_over.items()
+              if name in parameters and parameters[name].data_ptr() == tensor.data_ptr()]
+    assert len(shared) == len(parameters), "every fitting tensor is taken over without a copy"
+    assert [r.token_ids for r in engine.generate(requests)] == [r.token_ids for r in before]
+    assert {r.version for r in engine.generate(requests)} == {2}
+
+
+def test_weights_that_do_not_fit_in_place_are_copied_when_adopting(tiny_model_dir, prompts):  # noqa: F811
+    engine = HFEngine(tiny_model_dir)
+    requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
+    before = engine.generate(requests)
+    as_double = {name: tensor.double() for name, tensor in read_state_dict(tiny_model_dir).items()}
+    engine.load_weights(as_double, version=1, adopt=True)
+    assert all(p.dtype == torch.float32 for p in engine.model.parameters())
+    assert [r.token_ids for r in engine.generate(requests)] == [r.token_ids for r in before]

@@ -49,8 +49,12 @@ class Engine(abc.ABC):
         """Continue every request; results come back in request order."""
 
     @abc.abstractmethod
-    def load_weights(self, source: Path | str | dict[str, Any], version: int) -> None:
-        """Load new weights in place, from a model directory or a state dict, without restarting."""
+    def load_weights(self, source: Path | str | dict[str, Any], version: int, *, adopt: bool = False) -> None:
+        """Load new weights in place, from a model directory or a state dict, without restarting.
+
+        `adopt`: the engine may keep the state dict's tensors as its own instead of copying them (the caller
+        hands them over and must not change them afterwards); an engine that cannot share them copies.
+        """
 
     @property
     @abc.abstractmethod

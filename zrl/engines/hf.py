@@ -181,24 +181,41 @@ class HFEngine(Engine):
     def eos_token_ids(self) -> tuple[int, ...]:
         return self._eos_ids
 
-    def load_weights(self, source: Path | str | dict[str, Any], version: int) -> None:
+    def load_weights(self, source: Path | str | dict[str, Any], version: int, *, adopt: bool = False) -> None:
         if isinstance(source, Mapping):
             state, where = dict(source), "a state dict"
         else:
-            state, where = read_state_dict(source), str(source)
+            # Tensors read here belong to nobody else, so they are adopted rather than copied.
+            state, where, adopt = read_state_dict(source), str(source), True
         validate_state_dict(state, self._shapes, self._optional, where)
-        self._load_state(state)
+        self._load_state(state, adopt)
         self._version = version
 
-    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state(self, state: dict[str, torch.Tensor], adopt: bool) -> None:
         # A tied output head is the input embedding's own tensor, so loading the embedding loads the head too.
         # The head's entry, when a checkpoint has one, is left out so that it cannot overwrite the embedding.
         untied = {name: tensor for name, tensor in state.items() if name not in self._optional}
-        incompatible = self.model.load_state_dict(untied, strict=False)
-        missing = set(incompatible.missing_keys) - self._optional
+        adopted = self._adopt(untied) if adopt else set()
+        to_copy = {name: tensor for name, tensor in untied.items() if name not in adopted}
+        incompatible = self.model.load_state_dict(to_copy, strict=False)
+        missing = set(incompatible.missing_keys) - self._optional - adopted
         if missing or incompatible.unexpected_keys:
             raise RuntimeError(f"loading weights left tensors {sorted(missing)[:8]} unset and "
                                f"{sorted(incompatible.unexpected_keys)[:8]} unused")
+
+    def _adopt(self, state: dict[str, torch.Tensor]) -> set[str]:
+        """Make the model's tensors those of `state` where dtype, device and layout already fit, and return their
+        names; a copy of a large model's weights costs more than reading them from the parameter DB."""
+        targets = dict(self.model.named_parameters())
+        targets.update(self.model.named_buffers())
+        adopted = set()
+        for name, tensor in state.items():
+            target = targets.get(name)
+            if (target is not None and tensor.dtype == target.dtype and tensor.device == target.device
+                    and tensor.is_contiguous()):
+                target.data = tensor
+                adopted.add(name)
+        return adopted
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         check_requests(requests, self.model.config.vocab_size)

@@ -153,7 +153,7 @@ class VLLMEngine(Engine):
             results[index] = GenerationResult(requests[index].request_id, tokens, logprobs, eos, self._version)
         return results
 
-    def load_weights(self, source: Path | str | dict[str, Any], version: int) -> None:
+    def load_weights(self, source: Path | str | dict[str, Any], version: int, *, adopt: bool = False) -> None:
         if self._reload_blocked:
             raise RuntimeError(
                 f"cannot reload weights of {self.model_path} in place: its output head is tied to the input "

@@ -82,7 +82,7 @@ class EvaluatorWorker(Worker):
     def _evaluate(self, version: int, weights: Any) -> None:
         started = time.perf_counter()
         if weights is not None:
-            self.engine.load_weights(weights, version)
+            self.engine.load_weights(weights, version, adopt=True)
         greedy = SamplingParams(temperature=0.0)
         requests = [GenerationRequest(ids, self.config.max_new_tokens, greedy, str(i))
                     for i, ids in enumerate(self.prompts)]

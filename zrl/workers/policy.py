@@ -66,6 +66,7 @@ class PolicyWorker(Worker):
         requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
         if not requests:
             return PollResult()
+        self._load_newer()  # a version pushed while the poll waited for requests serves them already
         answers: dict[int, Any] = {}
         good: list[tuple[Request, GenerationRequest]] = []
         for request in requests:
@@ -111,7 +112,8 @@ class PolicyWorker(Worker):
         try:
             self.paramdb.pin(model, version, self.pin_holder)
             loaded = self.paramdb.fetch(model, version, as_path=self.config.engine.kind == "vllm")
-            self.engine.load_weights(loaded.path if loaded.state_dict is None else loaded.state_dict, version)
+            self.engine.load_weights(loaded.path if loaded.state_dict is None else loaded.state_dict, version,
+                                     adopt=True)
         except VersionNotFoundError as exc:
             self.logger.info("version %d vanished before it was loaded (%s); a newer one follows", version, exc)
             return
