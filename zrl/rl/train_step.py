@@ -19,6 +19,10 @@ import torch
 from zrl.rl.advantage import AdvantageConfig, batch_advantages
 from zrl.rl.loss import LossConfig, policy_loss
 from zrl.rl.tree.trajectory import Trajectory
+from zrl.rl.tree_packing import pack_trees, packed_token_logprobs, tree_key
+
+PACKABLE_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take the packed trees' 4D mask."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class StepConfig:
     """Clipping of the policy loss."""
     micro_batch_tokens: int = 8192
     """Most padded tokens in one forward/backward pass (bounds activation memory)."""
+    pack_trees: bool = True
+    """Train each tree as one packed sequence, its shared prefixes computed once (`zrl.rl.tree_packing`); the loss
+    is the same as with one row per trajectory. Used with the sdpa and eager attention of transformers."""
 
 
 @dataclass
@@ -148,12 +155,18 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     mismatch_sum, mismatch_tokens = 0.0, 0.0
-    groups = _micro_batches(batch.attention_mask, config.micro_batch_tokens)
+    packed = config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+    if packed:
+        groups = _tree_micro_batches(trajectories, config.micro_batch_tokens)
+    else:
+        groups = _micro_batches(batch.attention_mask, config.micro_batch_tokens)
     for rows in groups:
         width = int(batch.attention_mask[rows].sum(1).max())
-        ids, attention = batch.input_ids[rows, :width], batch.attention_mask[rows, :width]
         mask = batch.mask[rows, : width - 1]
-        logp = token_logprobs(model, ids, attention)
+        if packed:
+            logp = packed_token_logprobs(model, pack_trees([trajectories[i] for i in rows], pad_id), len(rows), width)
+        else:
+            logp = token_logprobs(model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width])
         behaviour = batch.behaviour_logprobs[rows, : width - 1]
         loss, metrics = policy_loss(logp, behaviour, batch.advantages[rows, : width - 1], mask, config.loss,
                                     token_count=total_tokens)
@@ -185,6 +198,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "on_policy_tokens": mismatch_tokens,
         "behaviour_logprob_mean": float((batch.behaviour_logprobs * batch.mask).sum()) / total_tokens,
         "micro_batches": float(len(groups)),
+        "packed_trees": float(packed),
         "time_train_s": time.perf_counter() - started,
     })
     if mismatch_tokens:
@@ -206,6 +220,43 @@ def _micro_batches(attention: torch.Tensor, max_tokens: int) -> list[list[int]]:
     if current:
         groups.append(current)
     return groups
+
+
+def _tree_micro_batches(trajectories: Sequence[Trajectory], max_tokens: int) -> list[list[int]]:
+    """Rows grouped whole tree by whole tree so that trees * longest packed tree stays within `max_tokens`."""
+    trees: dict[str, list[int]] = {}
+    for row, trajectory in enumerate(trajectories):
+        trees.setdefault(tree_key(trajectory), []).append(row)
+    sizes = {name: _packed_length([trajectories[row] for row in rows]) for name, rows in trees.items()}
+    groups: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    for name in sorted(trees, key=lambda n: sizes[n]):
+        if current and (count + 1) * sizes[name] > max_tokens:
+            groups.append(current)
+            current, count = [], 0
+        current.extend(trees[name])
+        count += 1
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _packed_length(trajectories: Sequence[Trajectory]) -> int:
+    """Tokens of the trajectories' tree once packed: each distinct prompt and segment path counted once."""
+    seen: set[tuple] = set()
+    total = 0
+    for t in trajectories:
+        path: tuple = (tuple(t.prompt_ids),)
+        if path not in seen:
+            seen.add(path)
+            total += len(t.prompt_ids)
+        for segment_id, length in zip(t.segment_ids, t.segment_tokens, strict=False):
+            path = (*path, segment_id)
+            if path not in seen:
+                seen.add(path)
+                total += length
+    return total
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:

@@ -63,7 +63,7 @@ class TrainerWorker(Worker):
         self.step_config = StepConfig(
             OptimizerConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
                             grad_clip=config.grad_clip),
-            config.advantage, config.loss, config.micro_batch_tokens)
+            config.advantage, config.loss, config.micro_batch_tokens, config.pack_trees)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.step_config.optimizer)
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.consumer = NameResolvingSampleConsumer(

@@ -145,6 +145,8 @@ class TrainerConfig:
     """Global gradient-norm clip."""
     micro_batch_tokens: int = 8192
     """Most padded tokens per forward/backward pass."""
+    pack_trees: bool = True
+    """Train each tree as one packed sequence (shared prefixes computed once); false: one row per trajectory."""
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     """Subgroup advantages, whitening and dynamic sampling."""
     loss: LossConfig = field(default_factory=LossConfig)
