@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning bench-packing clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check zrl tests benchmarks experiments
 
-bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control
+bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-packing
 
 bench-streams: $(STAMP)
 	$(PY) benchmarks/streams.py
@@ -36,6 +36,9 @@ bench-paramdb: $(STAMP)
 
 bench-tree: $(STAMP)
 	$(PY) benchmarks/tree_sampling.py
+
+bench-packing: $(STAMP)
+	$(PY) benchmarks/tree_training.py $(ARGS)
 
 bench-sync: $(STAMP)
 	$(PY) benchmarks/weight_sync.py $(ARGS)
