@@ -1,5 +1,6 @@
-"""Node addresses: the one a worker binds and advertises for `--host auto` (one that other nodes reach), and
-whether an address is loopback. Imports nothing from zrl, so workers and the controller both use it."""
+"""Node addresses: the one a worker binds and advertises for `--host auto` (one that other nodes reach), whether
+an address is loopback, and which interface holds an address. Imports nothing from zrl, so workers and the
+controller both use it."""
 
 from __future__ import annotations
 
@@ -23,15 +24,25 @@ def is_loopback(host: str) -> bool:
 
 def interface_addresses() -> list[str]:
     """The IPv4 address of every network interface that has one (Linux), loopback included."""
-    addresses = []
+    return list(_interfaces().values())
+
+
+def interface_of(address: str) -> str | None:
+    """The name of the network interface that holds the IPv4 `address` (Linux), or None."""
+    return next((name for name, held in _interfaces().items() if held == address), None)
+
+
+def _interfaces() -> dict[str, str]:
+    """Interface name -> IPv4 address, for every interface that has one."""
+    found = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for _, name in socket.if_nameindex():
             try:
                 packed = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
             except OSError:
                 continue  # no IPv4 address on this interface
-            addresses.append(socket.inet_ntoa(packed[20:24]))
-    return addresses
+            found[name] = socket.inet_ntoa(packed[20:24])
+    return found
 
 
 def node_address() -> str:

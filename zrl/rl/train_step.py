@@ -3,7 +3,8 @@
 No sockets here: the trainer worker feeds it trees from the sample stream, the lockstep benchmark and the tests
 feed it trees from an in-process sampler. The batch is processed in micro-batches of at most
 `micro_batch_tokens` padded tokens; their losses are scaled by the batch's response-token count, so the gradient
-is the token mean over the whole batch whatever the micro-batching.
+is the token mean over the whole batch whatever the micro-batching. With several trainers (`collective`), each
+trains on its share of the batch with the same scaling, and their gradients are summed (`zrl.rl.data_parallel`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from zrl.rl.advantage import AdvantageConfig, batch_advantages
+from zrl.rl.data_parallel import Collective, reduce_sums, split_by_tokens, sum_gradients
 from zrl.rl.loss import LossConfig, policy_loss
 from zrl.rl.tree.trajectory import Trajectory
 from zrl.rl.tree_packing import pack_trees, packed_token_logprobs, tree_key
@@ -138,24 +140,78 @@ def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> tuple[tor
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, trajectories: Sequence[Trajectory],
-               config: StepConfig, pad_id: int, on_policy_version: int | None = None) -> dict[str, float]:
+               config: StepConfig, pad_id: int, on_policy_version: int | None = None,
+               collective: Collective | None = None) -> dict[str, float]:
     """One optimizer step on scored `trajectories`; returns its metrics.
 
     `on_policy_version`: the version of the weights before this step; the logprob mismatch between the engine
     and this model is measured on the response tokens that version generated.
+
+    `collective`: the group of trainers that share this step (`zrl.rl.data_parallel`). Each member passes the
+    same global batch and trains on its share (whole trees when they are packed); gradients and metrics are
+    combined over the group, so every member takes the step one trainer would take on the whole batch.
     """
     started = time.perf_counter()
     if not trajectories:
         raise ValueError("train_step got no trajectories")
     advantages = batch_advantages(trajectories, config.advantage)
-    batch = collate(trajectories, advantages, pad_id)
-    on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version)
-    total_tokens = float(batch.mask.sum())
+    total_tokens = float(sum(len(t.response_ids) for t in trajectories))
+    packed = config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+    rows = (list(range(len(trajectories))) if collective is None
+            else share_of(trajectories, packed, collective.rank, collective.world_size))
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
-    mismatch_sum, mismatch_tokens = 0.0, 0.0
-    packed = config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+    sums = accumulate_gradients(model, [trajectories[i] for i in rows], [advantages[i] for i in rows],
+                                total_tokens, config, pad_id, on_policy_version, packed)
+    if collective is not None:
+        sum_gradients(model, collective)
+        sums = reduce_sums(sums, collective, max_keys=[key for key in sums if key.endswith("_max")])
+    grad_norm = _clip(model, config.optimizer.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    mismatch_sum, mismatch_tokens = sums.pop(MISMATCH_SUM), sums.pop(ON_POLICY_TOKENS)
+    out = {key: value if key.endswith("_max") or key in UNSCALED_SUMS else value / total_tokens
+           for key, value in sums.items()}
+    rewards = [float(t.reward) for t in trajectories if t.reward is not None]
+    behaviour_sum = sum(float(np.sum(t.logprobs)) for t in trajectories)
+    out.update({
+        "grad_norm": grad_norm,
+        "lr": float(scheduler.get_last_lr()[0]),
+        "tokens": total_tokens,
+        "trajectories": float(len(trajectories)),
+        "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
+        "accuracy": float(np.mean([r > 0 for r in rewards])) if rewards else 0.0,
+        "on_policy_tokens": mismatch_tokens,
+        "behaviour_logprob_mean": behaviour_sum / total_tokens,
+        "packed_trees": float(packed),
+        "time_train_s": time.perf_counter() - started,
+    })
+    if mismatch_tokens:
+        out["logprob_mismatch_on_policy"] = mismatch_sum / mismatch_tokens
+    return out
+
+
+MISMATCH_SUM = "mismatch_sum"
+ON_POLICY_TOKENS = "on_policy_tokens"
+UNSCALED_SUMS = ("loss", "micro_batches")
+"""Sums of `accumulate_gradients` that are totals already (the others are token-weighted sums of means)."""
+
+
+def accumulate_gradients(model: torch.nn.Module, trajectories: Sequence[Trajectory],
+                         token_advantages: Sequence[np.ndarray], total_tokens: float, config: StepConfig,
+                         pad_id: int, on_policy_version: int | None = None,
+                         packed: bool = False) -> dict[str, float]:
+    """Add the loss gradient of `trajectories` (a batch, or one trainer's share of it) to the model's gradients,
+    each token's loss divided by `total_tokens`, the response tokens of the whole batch; returns metric sums.
+    With `packed`, whole trees are computed as packed sequences (`zrl.rl.tree_packing`).
+
+    The sums: loss (the share's part of the batch loss), `micro_batches`, `mismatch_sum` and `on_policy_tokens`
+    (the logprob mismatch on tokens of `on_policy_version`), each `*_max` metric of `policy_loss` as a maximum,
+    and every other metric weighted by its tokens (divide by `total_tokens` for the batch mean).
+    """
+    batch = collate(trajectories, token_advantages, pad_id)
+    on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version)
+    sums: dict[str, float] = {MISMATCH_SUM: 0.0, ON_POLICY_TOKENS: 0.0, "loss": 0.0}
     if packed:
         groups = _tree_micro_batches(trajectories, config.micro_batch_tokens)
     else:
@@ -177,33 +233,34 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 sums[key] = max(sums.get(key, -math.inf), value)
             elif key not in ("tokens", "loss"):
                 sums[key] = sums.get(key, 0.0) + value * n
-        sums["loss"] = sums.get("loss", 0.0) + metrics["loss"]
+        sums["loss"] += metrics["loss"]
         with torch.no_grad():
             on_mask = mask * on_policy[rows, : width - 1]
-            mismatch_sum += float(((logp.detach() - behaviour).abs() * on_mask).sum())
-            mismatch_tokens += float(on_mask.sum())
-    grad_norm = _clip(model, config.optimizer.grad_clip)
-    optimizer.step()
-    scheduler.step()
-    out = {key: value if key.endswith("_max") or key == "loss" else value / total_tokens
-           for key, value in sums.items()}
-    rewards = [float(t.reward) for t in trajectories if t.reward is not None]
-    out.update({
-        "grad_norm": grad_norm,
-        "lr": float(scheduler.get_last_lr()[0]),
-        "tokens": total_tokens,
-        "trajectories": float(len(trajectories)),
-        "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
-        "accuracy": float(np.mean([r > 0 for r in rewards])) if rewards else 0.0,
-        "on_policy_tokens": mismatch_tokens,
-        "behaviour_logprob_mean": float((batch.behaviour_logprobs * batch.mask).sum()) / total_tokens,
-        "micro_batches": float(len(groups)),
-        "packed_trees": float(packed),
-        "time_train_s": time.perf_counter() - started,
-    })
-    if mismatch_tokens:
-        out["logprob_mismatch_on_policy"] = mismatch_sum / mismatch_tokens
-    return out
+            sums[MISMATCH_SUM] += float(((logp.detach() - behaviour).abs() * on_mask).sum())
+            sums[ON_POLICY_TOKENS] += float(on_mask.sum())
+    sums["micro_batches"] = float(len(groups))
+    return sums
+
+
+def share_of(trajectories: Sequence[Trajectory], packed: bool, rank: int, world_size: int) -> list[int]:
+    """The rows that trainer `rank` of `world_size` trains on, balanced by tokens: whole trees when they are packed
+    (so each tree's shared tokens are still computed once), else single trajectories."""
+    if packed:
+        units = list(_trees(trajectories).values())
+        sizes = [_packed_length([trajectories[row] for row in rows]) for rows in units]
+    else:
+        units = [[row] for row in range(len(trajectories))]
+        sizes = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
+    share = split_by_tokens(sizes, world_size, "trees" if packed else "trajectories")[rank]
+    return sorted(row for unit in share for row in units[unit])
+
+
+def _trees(trajectories: Sequence[Trajectory]) -> dict[str, list[int]]:
+    """The rows of each tree of the batch, in the order the trees first appear."""
+    trees: dict[str, list[int]] = {}
+    for row, trajectory in enumerate(trajectories):
+        trees.setdefault(tree_key(trajectory), []).append(row)
+    return trees
 
 
 def _micro_batches(attention: torch.Tensor, max_tokens: int) -> list[list[int]]:
@@ -224,9 +281,7 @@ def _micro_batches(attention: torch.Tensor, max_tokens: int) -> list[list[int]]:
 
 def _tree_micro_batches(trajectories: Sequence[Trajectory], max_tokens: int) -> list[list[int]]:
     """Rows grouped whole tree by whole tree so that trees * longest packed tree stays within `max_tokens`."""
-    trees: dict[str, list[int]] = {}
-    for row, trajectory in enumerate(trajectories):
-        trees.setdefault(tree_key(trajectory), []).append(row)
+    trees = _trees(trajectories)
     sizes = {name: _packed_length([trajectories[row] for row in rows]) for name, rows in trees.items()}
     groups: list[list[int]] = []
     current: list[int] = []

@@ -8,6 +8,11 @@ pushes the final version (tagged "final") and completes.
 
 The weights after step s are version s; version 0 is the starting model, which the other workers load from the
 model directory themselves.
+
+Several trainers (group count > 1) train as one torch.distributed group (`zrl.workers.trainer_group`), rank =
+worker index. Rank 0 alone consumes the sample stream, applies the drops and counts the samples; each poll it
+sends the others either nothing (no batch yet) or the batch it chose, and all of them step on it together, each
+on its share of the rows (`zrl.rl.data_parallel`). Only rank 0 pushes weights and writes metrics.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train
 from zrl.rl.tree import TreeResult, merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
 from zrl.workers.base import PollResult, Worker
+from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trainer_group
 from zrl.workers.treepo_common import FINAL_TAG, MetricsLog, model_path, open_paramdb, run_dir, set_threads
 from zrl.workers.treepo_config import TrainerConfig
 
@@ -41,6 +47,11 @@ class ReceivedTree:
         self.producer = str(sample.get("producer", ""))
         self.gen_s = float(sample.get("gen_s", 0.0))
         self.reward_s = float(sample.get("reward_s", 0.0))
+
+    def to_sample(self) -> dict[str, Any]:
+        """The sample this tree came in, as `__init__` reads it (for the other trainers of a group)."""
+        return {"tree": self.tree.to_dict(), "producer": self.producer, "gen_s": self.gen_s,
+                "reward_s": self.reward_s}
 
     @property
     def size(self) -> int:
@@ -65,13 +76,16 @@ class TrainerWorker(Worker):
                             grad_clip=config.grad_clip),
             config.advantage, config.loss, config.micro_batch_tokens, config.pack_trees)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.step_config.optimizer)
+        self.step = 0
+        self.group = self._join_group(config) if self.context.group_size > 1 else None
+        if self.group is not None and self.group.rank > 0:
+            return  # a follower: rank 0 chooses the batches, counts the samples, pushes and writes metrics
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.consumer = NameResolvingSampleConsumer(
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
         self.buffer: deque[ReceivedTree] = deque()
-        self.step = 0
         self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0}
         self.headline: dict[str, str] = {}
         self.last_step_at = self.started = time.monotonic()
@@ -80,7 +94,23 @@ class TrainerWorker(Worker):
         self.drops_by_producer: dict[str, int] = {}
         self.unpublished_drops: set[str] = set()
 
+    def _join_group(self, config: TrainerConfig) -> TrainerGroup:
+        context = self.context
+        group = join_trainer_group(
+            self.name_resolver, names.trainer_ddp(context.experiment, context.trial, config.model.name, "store"),
+            context.index, context.group_size, context.host, next(self.model.parameters()).device,
+            config.group_timeout_s, context.keepalive_ttl_s)
+        group.broadcast_parameters(self.model)
+        return group
+
+    @property
+    def leads(self) -> bool:
+        """This trainer consumes the samples, pushes weights and writes metrics (the only one, or rank 0)."""
+        return self.group is None or self.group.rank == 0
+
     def _poll(self) -> PollResult:
+        if not self.leads:
+            return self._follow()
         config = self.config
         waited = time.monotonic()
         self._drain(WAIT_S if len(self.buffer) < config.prompts_per_step else 0.0)
@@ -89,13 +119,29 @@ class TrainerWorker(Worker):
             self._publish_drops()
         if len(self.buffer) < config.prompts_per_step:
             self.wait_s += time.monotonic() - waited
+            if self.group is not None:
+                self.group.broadcast(None)
             return PollResult()
         batch = [self.buffer.popleft() for _ in range(config.prompts_per_step)]
+        if self.group is not None:
+            self.group.broadcast({"step": self.step, "trees": [b.to_sample() for b in batch]})
         self.in_step = sum(b.size for b in batch)
         self._train(batch)
         self.in_step = 0
         return PollResult(sample_count=sum(b.size for b in batch), batch_count=1,
                           done=self.step >= config.total_steps)
+
+    def _follow(self) -> PollResult:
+        """Rank > 0: take what rank 0 sends this poll (None while it waits for trees) and step on that batch."""
+        assert self.group is not None
+        message = self.group.broadcast()
+        if message is None:
+            return PollResult()
+        if message["step"] != self.step:
+            raise TrainerGroupError(f"trainer rank {self.group.rank} is at step {self.step}, but rank 0 sent the "
+                                    f"batch of step {message['step']}")
+        self._train([ReceivedTree(TreeResult.from_dict(sample["tree"]), sample) for sample in message["trees"]])
+        return PollResult(batch_count=1, done=self.step >= self.config.total_steps)
 
     # ---- steps of a poll ----
 
@@ -147,9 +193,11 @@ class TrainerWorker(Worker):
         config = self.config
         trajectories = [t for b in batch for t in b.tree.trajectories]
         metrics = train_step(self.model, self.optimizer, self.scheduler, trajectories, self.step_config,
-                             self.pad_id, on_policy_version=self.step)
+                             self.pad_id, on_policy_version=self.step, collective=self.group)
         staleness = [self.step - b.oldest_version for b in batch]
         self.step += 1
+        if not self.leads:
+            return
         self.accounting["trained"] += len(trajectories)
         sync_s = 0.0
         if self.step % config.push_every == 0 or self.step >= config.total_steps:
@@ -188,16 +236,23 @@ class TrainerWorker(Worker):
         return time.perf_counter() - started
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "consumer"):
+        if not hasattr(self, "group"):
             return {}
+        stats: dict[str, Any] = {"step": self.step, "version": self.step}
+        if self.group is not None:
+            stats["group"] = {"rank": self.group.rank, "world_size": self.group.world_size}
+        if not hasattr(self, "consumer"):
+            return stats  # a follower (rank 0 counts every sample of the group, once), or still configuring
         buffered = sum(b.size for b in self.buffer) + self.in_step
-        return {"step": self.step, "version": self.step, "headline": self.headline,
-                "accounting": {**self.accounting, "buffered": buffered}, "samples": self.consumer.as_dict()}
+        return {**stats, "headline": self.headline, "accounting": {**self.accounting, "buffered": buffered},
+                "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:
         if hasattr(self, "consumer"):
             self.consumer.close()
             self.metrics.close()
+        if getattr(self, "group", None) is not None:
+            self.group.close()
 
 
 def _duration(seconds: float) -> str:

@@ -155,6 +155,9 @@ class TrainerConfig:
     """Versions kept in the parameter DB (older ones are garbage-collected; pinned and tagged ones stay)."""
     seed: int = 0
     """torch seed of the trainer."""
+    group_timeout_s: float = 300.0
+    """With several trainers (group count > 1): longest wait for the others, at the rendezvous and in each
+    collective; a trainer whose peer died or hangs fails after at most this."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
 
