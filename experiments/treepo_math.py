@@ -46,6 +46,7 @@ ALIASES = {
     "credit": _each(("trainer",), "advantage.credit"),
     "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),
     "pack_trees": _each(("trainer",), "pack_trees"),
+    "trainers": ("workers.trainer.count",),
     "eval_every": _each(("evaluator",), "eval_every"),
     "max_new_tokens": _each(("evaluator",), "max_new_tokens"),
     **{f"tree.{key}": _each(("rollout",), f"tree.{key}")

@@ -1,11 +1,12 @@
 """Trainers as a real torch.distributed group (gloo, one process per rank, rendezvous through a file name
 service): they keep identical weights, take the step one trainer takes on the whole batch, and fail at once, with
-an error that says why, when a peer is gone."""
+an error that says why, when a peer is gone; and the TreePO experiment with two trainers."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_step import PAD, batch, small_model
+from test_treepo_e2e import RUN_TIMEOUT_S, SHORT, TreepoRun, check_completed_run
 
 from zrl.nameresolve import make_name_resolver
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
@@ -114,3 +116,37 @@ def test_a_trainer_without_rank_0_gives_up_at_the_rendezvous_naming_the_key(tmp_
     assert time.monotonic() - started < 10
     resolver.close()
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+def test_a_short_treepo_run_with_two_trainers_completes_with_balanced_accounting(tmp_path: Path):
+    run = TreepoRun(tmp_path, *SHORT, "trainers=2")
+    # Each step is trained, pushed and recorded once; every sample is counted once (check_completed_run).
+    summary = check_completed_run(run, trainers=2)
+    lead, follower = (summary["workers"][f"trainer/{i}"]["last"]["stats"] for i in range(2))
+    assert lead["group"] == {"rank": 0, "world_size": 2} and follower["group"] == {"rank": 1, "world_size": 2}
+    assert "accounting" not in follower and "headline" not in follower, follower
+    assert lead["samples"]["received"] > 0
+    logs = run.run_dir / "logs"
+    assert "joined the gloo trainer group as rank 1 of 2" in (logs / "trainer-1.log").read_text()
+    assert not (run.run_dir / "tensorboard" / "trainer-1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+def test_a_treepo_run_whose_second_trainer_dies_fails_and_leaves_no_worker(tmp_path: Path):
+    run = TreepoRun(tmp_path, *SHORT, "trainers=2", "total_steps=1000")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (run.run_dir / "metrics.jsonl").exists() or not run.records("train"):
+        assert run.process.poll() is None and time.monotonic() < deadline, f"no step trained:\n{run.output}"
+        time.sleep(0.5)
+    os.kill(run.worker_pids()["trainer/1"], signal.SIGKILL)
+    killed = time.monotonic()
+    code = run.wait()
+    assert code == 1, f"exit code {code}; output:\n{run.output}"
+    assert time.monotonic() - killed < 60, run.output  # not the collective timeout (300 s)
+    assert "error: worker trainer/" in run.output, run.output
+    assert run.worker_pids(timeout=30) == {}
+    summary = run.summary()
+    assert summary["workers"]["trainer/1"]["status"] != "COMPLETED"

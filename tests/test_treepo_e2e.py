@@ -98,8 +98,8 @@ class TreepoRun:
         return [record for record in map(json.loads, lines) if record["kind"] == kind]
 
 
-def check_completed_run(run: TreepoRun, steps: int = STEPS) -> dict:
-    """Everything a finished TreePO run leaves behind; returns summary.json."""
+def check_completed_run(run: TreepoRun, steps: int = STEPS, trainers: int = 1) -> dict:
+    """Everything a finished TreePO run leaves behind (with `trainers` trainer workers); returns summary.json."""
     code = run.wait()
     assert code == 0, f"exit code {code}; output:\n{run.output}\n{run.log_tails()}"
     output = run.output
@@ -126,14 +126,15 @@ def check_completed_run(run: TreepoRun, steps: int = STEPS) -> dict:
     assert (paramdb / f"v{steps:08d}" / "model.safetensors").is_file(), sorted(p.name for p in paramdb.iterdir())
     assert (paramdb / "tags" / "final").read_text().strip() == str(steps)
     workers = summary["workers"]
-    assert sorted(workers) == ["evaluator/0", "policy/0", "rollout/0", "trainer/0"]
+    trainer_ids = [f"trainer/{i}" for i in range(trainers)]
+    assert sorted(workers) == ["evaluator/0", "policy/0", "rollout/0", *trainer_ids]
     assert all(w["restarts"] == 0 for w in workers.values())
     policy = workers["policy/0"]["last"]["stats"]
     assert policy["reloads"] >= 1 and policy["reload_failures"] == 0 and policy["version"] == steps, policy
     assert policy["refused"] == 0 and policy["requests"] > 0
-    assert workers["trainer/0"]["last"]["stats"]["step"] == steps
+    assert all(workers[t]["last"]["stats"]["step"] == steps for t in trainer_ids)
     assert {"0", str(steps)} <= set(workers["evaluator/0"]["last"]["stats"]["evaluated"])
-    assert workers["trainer/0"]["status"] == workers["evaluator/0"]["status"] == "COMPLETED"
+    assert {workers[w]["status"] for w in (*trainer_ids, "evaluator/0")} == {"COMPLETED"}
 
     # Every trajectory produced is accounted for.
     accounting = summary["sample_accounting"]

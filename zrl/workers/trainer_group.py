@@ -66,11 +66,11 @@ class TrainerGroup:
             sizes = np.asarray([len(frame) for frame in frames], dtype="<i8").tobytes()
             payload = sizes + b"".join(frames)
             header = torch.tensor([len(frames), len(payload)], dtype=torch.int64)
-        header = self._broadcast_tensor(header, "the size of rank 0's message")
+        header = self._broadcast_tensor(header, "sending the size of rank 0's message")
         n_frames, n_bytes = (int(v) for v in header.tolist())
         buffer = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.rank == 0
                   else torch.empty(n_bytes, dtype=torch.uint8))
-        raw = self._broadcast_tensor(buffer, "rank 0's message").numpy().tobytes()
+        raw = self._broadcast_tensor(buffer, "sending rank 0's message").numpy().tobytes()
         if self.rank == 0:
             return message
         sizes = np.frombuffer(raw[: 8 * n_frames], dtype="<i8").tolist()
@@ -84,7 +84,7 @@ class TrainerGroup:
         """Give every rank rank 0's parameters and buffers, so all start from the same weights."""
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
-                tensor.copy_(self._broadcast_tensor(tensor.detach(), "rank 0's weights"))
+                tensor.copy_(self._broadcast_tensor(tensor.detach(), "sending rank 0's weights"))
 
     def close(self) -> None:
         """Leave the group (the peers' next collective then fails at once) and withdraw the rendezvous name."""
