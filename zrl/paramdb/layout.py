@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from zrl.atomic_file import fsync_dir
 from zrl.paramdb.errors import InvalidNameError
 
 VERSION_DIR = re.compile(r"^v(\d{8})$")
@@ -62,14 +63,6 @@ def stored_versions(model_dir: Path) -> list[int]:
     except FileNotFoundError:
         return []
     return sorted(int(match.group(1)) for match in map(VERSION_DIR.match, names) if match)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unique_suffix() -> str:
