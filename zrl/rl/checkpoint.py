@@ -200,8 +200,12 @@ def _prune(directory: Path, keep: int) -> None:
         _remove(directory / step_dirname(step), directory)
     for name in os.listdir(directory):
         path = directory / name
-        if name.startswith(TMP_PREFIX) and path.is_dir() and not _written_by_live_process(name):
+        if not name.startswith(TMP_PREFIX) or _written_by_live_process(name):
+            continue
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _written_by_live_process(tmp_name: str) -> bool:
