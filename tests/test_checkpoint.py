@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,11 +219,16 @@ def test_a_checkpoint_is_safetensors_and_json_with_a_manifest_and_a_latest_point
 
 
 def test_only_the_newest_checkpoints_are_kept_and_leftovers_of_dead_writers_go(tmp_path: Path):
-    dead = tmp_path / ".tmp-step-00000009-999999999-abcd"  # no such pid
+    host = socket.gethostname()
+    dead = tmp_path / f".tmp-step-00000009-{host}-999999999-abcd"  # no such pid
     dead.mkdir(parents=True)
+    dead_pointer = tmp_path / f".tmp-latest-{host}-999999999-abcd"
+    dead_pointer.write_text("7\n")
+    live = tmp_path / f".tmp-step-00000009-{host}-{os.getppid()}-abcd"
+    live.mkdir()
     saved(tmp_path, [1, 2, 3], keep=2)
     assert checkpoint_steps(tmp_path) == [2, 3] and latest_step(tmp_path) == 3
-    assert not dead.exists()
+    assert not dead.exists() and not dead_pointer.exists() and live.exists()
 
 
 def test_a_corrupted_checkpoint_is_set_aside_and_the_one_before_it_is_loaded(tmp_path: Path, caplog):

@@ -7,13 +7,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
+TMP_PREFIX = ".tmp-"
+
+
+def unique_suffix() -> str:
+    """`host-pid-random`, so a temporary name never collides across processes or hosts sharing the disk."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
 
 def write_atomic(path: Path, text: str, durable: bool = False) -> None:
-    """Replace `path` by a file holding `text`; with `durable`, the file and the directory entry are fsynced."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+    """Replace `path` by a file holding `text`; with `durable`, the file and the directory entry are fsynced.
+
+    The temporary file is `.tmp-{name}-{host}-{pid}-{random}`, so a cleaner can tell whether its writer still runs.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{unique_suffix()}")
     try:
         with open(tmp, "w") as handle:
             handle.write(text)

@@ -27,8 +27,8 @@ import logging
 import os
 import random
 import re
-import secrets
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zrl.atomic_file import fsync_dir, write_atomic
+from zrl.atomic_file import TMP_PREFIX, fsync_dir, unique_suffix, write_atomic
 from zrl.paramdb.errors import CorruptVersionError
 from zrl.paramdb.safetensors_io import FileRecord, checksum_file, read_shard, verify_file, write_shard
 from zrl.paramdb.state import split_aliases, to_cpu
@@ -48,7 +48,6 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 STATE_JSON = "state.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-TMP_PREFIX = ".tmp-"
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -113,7 +112,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / step_dirname(progress.step)
-    tmp = directory / f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = directory / f"{TMP_PREFIX}{final.name}-{unique_suffix()}"
     try:
         tmp.mkdir()
         model_tensors, aliases = split_aliases(model.state_dict())
@@ -189,7 +188,7 @@ def _write_json(path: Path, value: Any, durable: bool) -> None:
 
 def _remove(path: Path, directory: Path) -> None:
     """Delete a checkpoint directory; renamed first, so it vanishes from view in one step."""
-    trash = directory / f"{TMP_PREFIX}trash-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    trash = directory / f"{TMP_PREFIX}trash-{path.name}-{unique_suffix()}"
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -209,8 +208,10 @@ def _prune(directory: Path, keep: int) -> None:
 
 
 def _written_by_live_process(tmp_name: str) -> bool:
-    pid = tmp_name.rsplit("-", 2)[-2]
-    if not pid.isdigit() or int(pid) == os.getpid():
+    """Whether the writer of a temporary entry (`...-{host}-{pid}-{random}`) still runs. One trainer writes the
+    checkpoints of a run at a time, so an entry of another host is a leftover too."""
+    head, pid, _ = (tmp_name.rsplit("-", 2) + ["", ""])[:3]
+    if not head.endswith(f"-{socket.gethostname()}") or not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
