@@ -140,7 +140,8 @@ def resumed_loop(data: list[Problem], directory: Path, forget: str = "") -> Loop
 
 
 def max_difference(a: Loop, b: Loop) -> float:
-    weights = max((x - y).abs().max().item() for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    weights = max((x - y).abs().max().item()
+                  for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True))
     moments = max((sa[key] - sb[key]).abs().max().item()
                   for sa, sb in zip(a.optimizer.state.values(), b.optimizer.state.values(), strict=True)
                   for key in ("exp_avg", "exp_avg_sq", "step"))
@@ -186,7 +187,8 @@ def test_python_numpy_and_torch_rng_continue_where_they_stood(tmp_path: Path):
     random.seed(5)
     np.random.seed(6)
     torch.manual_seed(7)
-    random.random(), np.random.normal(), torch.rand(1)  # noqa: B018 - advance each generator, numpy past a gauss pair
+    # Advance each generator; numpy's past the first of a pair of gaussians, whose second it keeps.
+    random.random(), np.random.normal(), torch.rand(1)  # noqa: B018
     save_checkpoint(tmp_path, loop.model, loop.optimizer, loop.scheduler, loop.progress())
     expected = (random.random(), np.random.normal(), torch.rand(3).tolist())
     random.seed(0)

@@ -76,6 +76,8 @@ def test_a_trainer_continues_from_the_checkpoint_of_the_one_before(start_trainer
     # The 16 trajectories in the checkpoint's buffer and the 16 received after it were never trained.
     assert second.accounting == {"received": 56, "trained": 16, "dropped_stale": 8, "dropped_dynamic": 0,
                                  "garbage": 1, "lost": 32}
+    stats = second._stats()["accounting"]
+    assert stats["restored"] == {**second.accounting, "buffered": 0} and stats["buffered"] == 0
     assert resolver.find_subtree(names.sample_drops_root("exp", "t1", "trees")) == []
     assert resolver.get(names.sample_stream_reset("exp", "t1", "trees")) == "4"
     records = [json.loads(line) for line in (tmp_path / "runs/exp/t1/metrics.jsonl").read_text().splitlines()]

@@ -170,6 +170,7 @@ def throttled_rollout_worker(resolver, tmp_path: Path, **config):
     worker.cursor = ShardCursor(problems(10), 0, 1, seed=0)
     worker.trees, worker.scored = {}, []
     worker.counts = {"trees_posted": 0, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
+    worker.restored_produced = 0
     worker.trainer_version, worker.trees_dropped, worker.next_version_check = 0, 0, 0.0
     worker.drops_key = names.sample_drops("exp", "t", "trees", "rollout/0")
     worker.reset_key = names.sample_stream_reset("exp", "t", "trees")
@@ -258,6 +259,7 @@ def test_a_relaunched_rollout_worker_continues_its_shard_and_a_resumed_trial_its
     resumed = relaunched("host:2")
     assert resumed.cursor.position == 6
     assert (resumed.counts["trees_posted"], resumed.counts["trajectories_posted"]) == (6, 96)
+    assert resumed._restored() == {"restored": {"produced": 96}} and same_run._restored() == {}
     # A shard that changed (another worker count) is started from its beginning, with a warning.
     other = throttled_rollout_worker(resolver, tmp_path, prompts_per_step=2)
     other.context = dataclasses.replace(other.context, group_size=2)

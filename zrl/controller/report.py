@@ -5,7 +5,9 @@ Workers report what they count under `stats.accounting` in their status: rollout
 `received`, `trained`, `dropped_stale`, `dropped_dynamic`, `buffered` and `lost` (received by a trainer that
 stopped or failed, and not trained in the checkpoint its successor resumed from; all in trajectories); a consumer that uses
 samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
-`produced`. The run balances when everything received is trained, consumed, dropped, lost or still buffered, and
+`produced`. A worker that took over counters (a trainer from its checkpoint, a rollout worker of a resumed trial)
+reports them in its counters, which run on from there, and what it took over under `restored`; the totals here sum
+the counters as they are, so they cover the whole trial. The run balances when everything received is trained, consumed, dropped, lost or still buffered, and
 nothing was received that was not produced.
 """
 

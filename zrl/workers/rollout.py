@@ -70,6 +70,7 @@ class RolloutWorker(Worker):
         self.shard_state = run_dir(self.context) / SHARDS_DIR / f"{self.context.group}-{self.context.index}.json"
         self.run_id = self._controller_run()
         self.counts = {"trees_posted": 0, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
+        self.restored_produced = 0
         self._restore_shard_state()
         self.sampler = TreeSampler(config.tree, eos_ids if len(eos_ids) > 1 else eos_ids[0], self.tokenizer.decode)
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
@@ -262,9 +263,13 @@ class RolloutWorker(Worker):
         self.cursor.position = position
         if run != self.run_id:
             self.counts.update(counts)
+            self.restored_produced = counts["trajectories_posted"]
         self.logger.info("continuing the shard at position %d (epoch %d, offset %d of %d)%s", position,
                          self.cursor.epoch, self.cursor.offset, len(self.cursor.shard),
                          f"; {counts['trees_posted']} trees were posted before" if run != self.run_id else "")
+
+    def _restored(self) -> dict[str, Any]:
+        return {"restored": {"produced": self.restored_produced}} if self.restored_produced else {}
 
     def _save_shard_state(self) -> None:
         self.shard_state.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +282,7 @@ class RolloutWorker(Worker):
         return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version,
                 "shard_position": self.cursor.position, "trees_in_progress": self.sampler.in_progress,
                 "trees_scoring": len(self.scored), "verifier": vars(self.verifier.stats),
-                "accounting": {"produced": self.counts["trajectories_posted"]},
+                "accounting": {"produced": self.counts["trajectories_posted"], **self._restored()},
                 "samples": self.producer.as_dict(), "inference": self.client.as_dict()}
 
     def _close(self) -> None:

@@ -93,6 +93,8 @@ class TrainerWorker(Worker):
         self.data_positions: dict[str, int] = {}
         self.checkpoints = run_dir(self.context) / CHECKPOINTS_DIR
         self.resumed_from: int | None = None
+        self.restored: dict[str, int] = {}
+        """The counters as this trainer took them over (reported under `accounting.restored`)."""
         self.headline: dict[str, str] = {}
         self.last_step_at = self.started = time.monotonic()
         self.wait_s = 0.0
@@ -118,6 +120,7 @@ class TrainerWorker(Worker):
         accounting.update(received=received, garbage=max(garbage, accounting["garbage"]),
                           lost=accounting["lost"] + lost)
         self.accounting = accounting
+        self.restored = {**accounting, "buffered": 0}
         self.data_positions = dict(progress.data_positions)
         self.version = progress.version
         if self.step < config.total_steps:
@@ -290,8 +293,11 @@ class TrainerWorker(Worker):
         if not hasattr(self, "consumer"):
             return {}
         buffered = sum(b.size for b in self.buffer) + self.in_step
-        return {"step": self.step, "version": self.version, "resumed_from": self.resumed_from, "headline": self.headline,
-                "accounting": {**self.accounting, "buffered": buffered}, "samples": self.consumer.as_dict()}
+        accounting = {**self.accounting, "buffered": buffered}
+        if self.restored:
+            accounting["restored"] = self.restored
+        return {"step": self.step, "version": self.version, "resumed_from": self.resumed_from,
+                "headline": self.headline, "accounting": accounting, "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:
         if hasattr(self, "consumer"):
