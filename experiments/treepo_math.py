@@ -42,6 +42,7 @@ ALIASES = {
     "prompts_per_step": _each(("trainer", "rollout"), "prompts_per_step"),
     "max_staleness": _each(("trainer", "rollout"), "max_staleness"),
     "push_every": _each(("trainer",), "push_every"),
+    "save_every": _each(("trainer",), "save_every"),
     "lr": _each(("trainer",), "lr"),
     "credit": _each(("trainer",), "advantage.credit"),
     "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),

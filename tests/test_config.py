@@ -149,3 +149,22 @@ def test_an_alias_to_a_missing_key_is_a_config_error():
         validate(config)
     assert "aliases.speed: 'workers.producer.config.speed' is not a key of this experiment" in str(error.value)
     assert "aliases.speed: 'workers.server.config' is not a key" in str(error.value)
+
+
+def test_resume_needs_the_name_and_the_run_directory_of_the_trial(tmp_path, capsys):
+    from zrl.controller.__main__ import main, resolve_config
+
+    echo = "experiments/echo.py"
+    with pytest.raises(ConfigError, match=r"resume: resume=auto continues an existing trial; name it with trial=NAME"):
+        resolve_config(echo, ["resume=auto", f"run_root={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"resume: there is no run directory {tmp_path}/echo/t7 to resume"):
+        resolve_config(echo, ["trial=t7", "resume=auto", f"run_root={tmp_path}"])
+    (tmp_path / "echo" / "t7").mkdir(parents=True)
+    config = resolve_config(echo, ["trial=t7", "resume=auto", f"run_root={tmp_path}"])
+    assert (config.trial, config.resume) == ("t7", "auto")
+    # --resume is resume=auto; without a trial it stops before anything is launched.
+    assert main([echo, "--resume", f"run_root={tmp_path}", "--dry-run"]) == 2
+    assert "name it with trial=NAME" in capsys.readouterr().err
+    assert main([echo, "trial=t7", "--resume", f"run_root={tmp_path}", "--dry-run"]) == 0
+    # A new trial still gets a name of its own, also when the experiment file names none.
+    assert resolve_config(echo, [f"run_root={tmp_path}"]).trial

@@ -206,6 +206,9 @@ def test_tags_gc_and_latest(db: ParamDB) -> None:
         db.get("other")
     with pytest.raises(ValueError, match="keep_last"):
         db.gc("policy", keep_last=0)
+    db.untag("policy", "best")
+    db.untag("policy", "never-set")
+    assert db.tags("policy") == {"first": 1} and db.list_versions("policy") == [1, 3, 5, 6]
 
 
 def test_gc_removes_temporaries_of_dead_processes(db: ParamDB) -> None:

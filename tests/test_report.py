@@ -48,6 +48,18 @@ def test_accounting_counts_samples_consumed_without_training():
                                   "consumer/0": reply({"received": 25, "consumed": 20})})["balanced"]
 
 
+def test_accounting_counts_what_a_failed_trainer_took_with_it():
+    # The trainer resumed from a checkpoint: 16 trajectories it had received were neither trained nor dropped there.
+    totals = sample_accounting({"rollout/0": reply({"produced": 128}),
+                                "trainer/0": reply({"received": 120, "trained": 96, "dropped_stale": 0,
+                                                    "lost": 16, "buffered": 8})})
+    assert totals["balanced"] and totals["lost"] == 16 and totals["in_flight_at_stop"] == 8 + 8
+    assert "produced 128 = trained 96 + dropped stale 0 + dropped by dynamic sampling 0 + lost with a stopped trainer " \
+           "16 + in flight at stop 16 (balanced)" in accounting_text(totals)
+    assert not sample_accounting({"rollout/0": reply({"produced": 128}),
+                                  "trainer/0": reply({"received": 120, "trained": 96, "buffered": 8})})["balanced"]
+
+
 def test_accounting_that_does_not_add_up_says_so():
     totals = sample_accounting({"rollout/0": reply({"produced": 10}),
                                 "trainer/0": reply({"received": 10, "trained": 4, "buffered": 0})})
@@ -83,6 +95,17 @@ def test_training_table_and_learning_curve(tmp_path: Path):
     png = plot_learning_curve(records, tmp_path / "curve.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_steps_repeated_by_a_resumed_run_keep_their_last_record(tmp_path: Path):
+    lines = [{"kind": "train", "step": 1, "time": 1.0, "accuracy": 0.1},
+             {"kind": "train", "step": 2, "time": 2.0, "accuracy": 0.2},
+             {"kind": "resume", "step": 1, "time": 3.0},
+             {"kind": "train", "step": 2, "time": 4.0, "accuracy": 0.3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["kind"], r["step"], r["time"]) for r in records] == [("train", 1, 1.0), ("resume", 1, 3.0),
+                                                                     ("train", 2, 4.0)]
 
 
 def test_progress_line_shows_the_workers_headlines():

@@ -21,6 +21,7 @@ PARENT_PID_ENV = "ZRL_PARENT_PID"
 """Environment variable with the pid of a local worker's controller; the worker exits soon after that process dies."""
 
 RestartPolicy = Literal["never", "on_failure"]
+ResumePolicy = Literal["never", "auto"]
 SchedulerName = Literal["local", "slurm"]
 
 
@@ -106,6 +107,9 @@ class ExperimentConfig:
     """Experiment name: the first part of every name-service key and of the run directory."""
     trial: str = ""
     """Trial name (empty: a timestamp and a random suffix, such as 20250101-120000-3fa2c1)."""
+    resume: ResumePolicy = "never"
+    """'auto': continue the trial named by `trial` in its existing run directory, from its last checkpoint
+    (metrics are appended); 'never': a new trial."""
     name_resolve: str = ""
     """Name service URL: file:///dir, redis://host:port/db (empty: a file service inside the run directory). Shown
     and stored with its password masked; better give the password by name_resolve_password_file or

@@ -4,6 +4,7 @@
     python -m zrl.controller experiments/treepo_math.py total_steps=100 lr=1e-5 engine=vllm
     python -m zrl.controller experiments/echo.py workers.producer.count=4 name_resolve=redis://127.0.0.1:6379/0
     python -m zrl.controller experiments/treepo_math.py --dry-run
+    python -m zrl.controller experiments/treepo_math.py trial=try1 --resume   # continue a trial from its checkpoint
     python -m zrl.controller experiments/treepo_math.py scheduler=slurm --submit   # the controller in a Slurm job
     python -m zrl.controller experiments/treepo_math.py --help      # every key of that experiment, documented
 """
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment_file", nargs="?", help="experiment file (Python that builds an ExperimentConfig)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a config key by its dotted path, e.g. workers.producer.count=4")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the trial named by trial=NAME from its last checkpoint (the same as "
+                             "resume=auto)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config and the launch plan, start nothing, and exit")
     parser.add_argument("--submit", action="store_true",
@@ -45,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(experiment_file: str, overrides: list[str]) -> ExperimentConfig:
     """Load, complete, override and validate: the config a run uses. Raises ConfigError listing every problem."""
-    config = complete(load_experiment(experiment_file))
+    config = complete(load_experiment(experiment_file), name_trial=False)  # an override may name it, or resume
     config = complete(apply_overrides(config, overrides))
     validate(config)
     return config
@@ -77,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n(cannot load {args.experiment_file}: {exc})")
         print("\n" + config_help(config))
         return 0 if args.help else 2
+    overrides = [*args.overrides, "resume=auto"] if args.resume else args.overrides
     try:
-        config = resolve_config(args.experiment_file, args.overrides)
+        config = resolve_config(args.experiment_file, overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(dry_run_text(config))
         return 0
     if args.submit:
-        return submit_controller_job(args.experiment_file, args.overrides, config)
+        return submit_controller_job(args.experiment_file, overrides, config)
     try:
         config = with_name_service_password(config, os.environ)
     except ConfigError as exc:
@@ -132,7 +137,8 @@ def run(config: ExperimentConfig) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session went away
         signal.signal(signum, on_sigterm)
-    print(f"running {config.experiment}/{config.trial} in {paths.root}", flush=True)
+    verb = "resuming" if config.resume == "auto" else "running"
+    print(f"{verb} {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
         scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
         if config.scheduler == "slurm":

@@ -2,10 +2,13 @@
 `metrics.jsonl` (a table on the terminal and `learning_curve.png` in the run directory).
 
 Workers report what they count under `stats.accounting` in their status: rollout workers `produced`, trainers
-`received`, `trained`, `dropped_stale`, `dropped_dynamic` and `buffered` (all in trajectories); a consumer that
-uses samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
-`produced`. The run balances when everything received is trained, consumed, dropped or still buffered, and nothing
-was received that was not produced.
+`received`, `trained`, `dropped_stale`, `dropped_dynamic`, `buffered` and `lost` (received by a trainer that
+stopped or failed, and not trained in the checkpoint its successor resumed from; all in trajectories); a consumer that uses
+samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
+`produced`. A worker that took over counters (a trainer from its checkpoint, a rollout worker of a resumed trial)
+reports them in its counters, which run on from there, and what it took over under `restored`; the totals here sum
+the counters as they are, so they cover the whole trial. The run balances when everything received is trained, consumed, dropped, lost or still buffered, and
+nothing was received that was not produced.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ACCOUNTING_KEYS = ("produced", "received", "trained", "consumed", "dropped_stale", "dropped_dynamic", "buffered")
+ACCOUNTING_KEYS = ("produced", "received", "trained", "consumed", "dropped_stale", "dropped_dynamic", "lost",
+                   "buffered")
 CURVE_FILE = "learning_curve.png"
 
 
@@ -34,7 +38,8 @@ def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str
     if not found:
         return None
     totals["in_flight_at_stop"] = (totals["produced"] - totals["received"]) + totals["buffered"]
-    accounted = totals["trained"] + totals["consumed"] + totals["dropped_stale"] + totals["dropped_dynamic"]
+    accounted = (totals["trained"] + totals["consumed"] + totals["dropped_stale"] + totals["dropped_dynamic"]
+                 + totals["lost"])
     totals["balanced"] = (totals["received"] == accounted + totals["buffered"]
                           and totals["received"] <= totals["produced"])
     return totals
@@ -43,14 +48,16 @@ def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str
 def accounting_text(totals: Mapping[str, Any]) -> str:
     verdict = "balanced" if totals["balanced"] else "DOES NOT BALANCE"
     consumed = f" + consumed {totals['consumed']}" if totals["consumed"] else ""
+    lost = f" + lost with a stopped trainer {totals['lost']}" if totals.get("lost") else ""
     return (f"sample accounting: produced {totals['produced']} = trained {totals['trained']}{consumed} + dropped "
-            f"stale {totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']} + in flight "
-            f"at stop {totals['in_flight_at_stop']} ({verdict})")
+            f"stale {totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']}{lost} + in "
+            f"flight at stop {totals['in_flight_at_stop']} ({verdict})")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl file; a line that does not parse is skipped."""
-    records = []
+    """The records of a metrics.jsonl file; a line that does not parse is skipped. A step recorded again keeps only
+    its last record: a resumed run repeats the steps that were trained after its checkpoint."""
+    records: dict[tuple[str, Any], dict[str, Any]] = {}
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -61,8 +68,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(record, dict) and "kind" in record and "step" in record:
-            records.append(record)
-    return records
+            key = (record["kind"], record["step"])
+            records.pop(key, None)
+            records[key] = record
+    return list(records.values())
 
 
 def training_table(records: list[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
@@ -14,10 +15,14 @@ from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.workers.registry import UnknownWorkerTypeError, config_class
 
 
-def complete(config: ExperimentConfig, clock: Callable[[], float] = time.time) -> ExperimentConfig:
-    """Fill what an experiment may leave empty: the trial (a timestamp) and each group's config (its defaults)."""
-    # A random suffix: two runs started in the same second must not share a trial (and its names).
-    trial = config.trial or f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(clock()))}-{secrets.token_hex(3)}"
+def complete(config: ExperimentConfig, clock: Callable[[], float] = time.time,
+             name_trial: bool = True) -> ExperimentConfig:
+    """Fill what an experiment may leave empty: the trial (a timestamp; not with `name_trial=False` or with
+    resume=auto, which continues a trial by its name) and each group's config (its defaults)."""
+    trial = config.trial
+    if not trial and name_trial and config.resume != "auto":
+        # A random suffix: two runs started in the same second must not share a trial (and its names).
+        trial = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(clock()))}-{secrets.token_hex(3)}"
     workers = {}
     for name, group in config.workers.items():
         if group.config is None:
@@ -36,10 +41,19 @@ def validate(config: ExperimentConfig) -> None:
         names.trial_root(config.experiment or "", config.trial or "x")
     except (TypeError, ValueError) as exc:
         errors.append(f"experiment: {exc}")
-    try:
-        names.trial_root("x", config.trial or "")
-    except (TypeError, ValueError) as exc:
-        errors.append(f"trial: {exc}")
+    if config.resume == "auto" and not config.trial:
+        errors.append("resume: resume=auto continues an existing trial; name it with trial=NAME (its run directory "
+                      f"is {config.run_root}/{config.experiment}/NAME)")
+    else:
+        try:
+            names.trial_root("x", config.trial or "")
+        except (TypeError, ValueError) as exc:
+            errors.append(f"trial: {exc}")
+        else:
+            run_dir = Path(config.run_root) / config.experiment / config.trial
+            if config.resume == "auto" and not run_dir.is_dir():
+                errors.append(f"resume: there is no run directory {run_dir} to resume (trial={config.trial}, "
+                              f"run_root={config.run_root})")
     if config.name_resolve:
         scheme = config.name_resolve.split("://", 1)[0] if "://" in config.name_resolve else ""
         if scheme == "memory" and config.scheduler == "slurm":

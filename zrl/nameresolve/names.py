@@ -84,10 +84,20 @@ def sample_stream(experiment: str, trial: str, stream: str) -> str:
     return f"{trial_root(experiment, trial)}/sample_stream/{_part(stream, 'sample stream name')}"
 
 
+def sample_drops_root(experiment: str, trial: str, stream: str) -> str:
+    """Subtree of the drop counts of one sample stream, one entry per producer."""
+    return f"{trial_root(experiment, trial)}/sample_drops/{_part(stream, 'sample stream name')}"
+
+
 def sample_drops(experiment: str, trial: str, stream: str, producer: str) -> str:
     """How many of one producer's samples the consumers of a sample stream dropped; `producer` is "type/index"."""
-    return (f"{trial_root(experiment, trial)}/sample_drops/{_part(stream, 'sample stream name')}/"
-            f"{_check_worker_id(producer)}")
+    return f"{sample_drops_root(experiment, trial, stream)}/{_check_worker_id(producer)}"
+
+
+def sample_stream_reset(experiment: str, trial: str, stream: str) -> str:
+    """The version from which the consumer of a sample stream counts anew: set when a trainer resumes from a
+    checkpoint, whatever was posted to it before is gone, and its drop counts start again from zero."""
+    return f"{trial_root(experiment, trial)}/sample_stream_reset/{_part(stream, 'sample stream name')}"
 
 
 def param_version(experiment: str, trial: str, model: str) -> str:

@@ -176,6 +176,10 @@ class ParamDB:
             (model_dir / "tags").mkdir(exist_ok=True)
             layout.write_pointer(model_dir / "tags" / tag, version, self.config.fsync)
 
+    def untag(self, model: str, tag: str) -> None:
+        """Remove `tag`, if it exists (the version it pointed at stays)."""
+        (self.model_dir(model) / "tags" / layout.check_tag(tag)).unlink(missing_ok=True)
+
     def pin(self, model: str, version: int, holder: str) -> None:
         """Protect `version` from `gc` on behalf of `holder` (one pin per holder; a new pin replaces the old).
 

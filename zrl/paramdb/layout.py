@@ -13,18 +13,20 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import secrets
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# TMP_PREFIX, fsync_dir and unique_suffix are re-exported: the parameter DB's modules use them from here.
+from zrl.atomic_file import TMP_PREFIX as TMP_PREFIX
+from zrl.atomic_file import fsync_dir as fsync_dir
+from zrl.atomic_file import unique_suffix as unique_suffix
+from zrl.atomic_file import write_atomic
 from zrl.paramdb.errors import InvalidNameError
 
 VERSION_DIR = re.compile(r"^v(\d{8})$")
 MAX_VERSION = 10**8 - 1
 LATEST = "latest"
-TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 
 
@@ -64,34 +66,9 @@ def stored_versions(model_dir: Path) -> list[int]:
     return sorted(int(match.group(1)) for match in map(VERSION_DIR.match, names) if match)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def unique_suffix() -> str:
-    """`host-pid-random`, so a temporary name never collides across processes or hosts sharing the disk."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
 def write_pointer(path: Path, version: int, durable: bool = True) -> None:
     """Point `path` at `version`: write a sibling temporary file, then `os.replace` it over `path`."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{unique_suffix()}")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(f"{version}\n")
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
+    write_atomic(path, f"{version}\n", durable)
 
 
 def read_pointer(path: Path) -> int | None:

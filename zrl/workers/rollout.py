@@ -8,23 +8,32 @@ scoring thread (the verifier runs in its own process pool, so sampling never wai
 Throttle: the trainer consumes `prompts_per_step` trees per version and drops trees more than `max_staleness`
 versions old, so this worker (one of `count`) keeps its posted + in-progress trees, less those the trainer
 reports dropped (`names.sample_drops`), within (trainer version + max_staleness + 1) * prompts_per_step / count.
+It counts from the trainer version it started at, and again from the version at which a trainer resumed from a
+checkpoint (`names.sample_stream_reset`): the trees posted before then are gone with the trainer that had them.
 
-Sample payload: {"tree": TreeResult.to_dict(), "producer": worker id, "epoch": int, "gen_s": float,
-"reward_s": float}.
+Data position: how many problems this worker has started from its shard (`zrl.rl.shard.ShardCursor`) is saved
+atomically in `{run_dir}/shards/{group}-{index}.json` whenever it changes, so a restarted or resumed worker
+continues its shard where it stood (only the trees in flight when it stopped are started again, by no one). A
+worker of a new controller run of the same trial (resume) also takes over the produced-sample counters saved there,
+so the sample accounting covers the whole trial; one relaunched within a run counts from zero, as a new incarnation.
+
+Sample payload: {"tree": TreeResult.to_dict(), "producer": worker id, "epoch": int, "shard_position": int (the
+problem's position in the shard), "gen_s": float, "reward_s": float}.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import random
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from zrl.atomic_file import write_json_atomic
 from zrl.engines.base import GenerationResult
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.rl.problem import Problem
+from zrl.rl.shard import ShardCursor
 from zrl.rl.tree import TreeResult, TreeSampler
 from zrl.rl.verifier import Verifier
 from zrl.streams import (
@@ -34,11 +43,13 @@ from zrl.streams import (
     SampleStreamConfig,
 )
 from zrl.workers.base import PollResult, Worker
-from zrl.workers.treepo_common import load_problems, load_tokenizer, model_path, open_paramdb
+from zrl.workers.treepo_common import load_problems, load_tokenizer, model_path, open_paramdb, run_dir
 from zrl.workers.treepo_config import RolloutConfig
 
 VERSION_CHECK_S = 0.2
 RESPONSE_WAIT_S = 0.02
+SHARDS_DIR = "shards"
+RESTORED_COUNTS = ("trees_posted", "trajectories_posted")
 
 
 def load_tokenizer_and_eos(path: Any) -> tuple[Any, list[int]]:
@@ -48,29 +59,19 @@ def load_tokenizer_and_eos(path: Any) -> tuple[Any, list[int]]:
     return load_tokenizer(path), list(model_eos_token_ids(path))
 
 
-def shard_epochs(problems: list[Problem], index: int, count: int, seed: int) -> Iterator[tuple[int, Problem]]:
-    """(epoch, problem) forever over this worker's shard, reshuffled every epoch by `seed`."""
-    shard = problems[index::count]
-    if not shard:
-        raise ValueError(f"rollout worker {index} of {count} gets no problems from a dataset of {len(problems)}")
-    epoch = 0
-    while True:
-        order = list(shard)
-        random.Random(f"{seed}-{index}-{epoch}").shuffle(order)
-        for problem in order:
-            yield epoch, problem
-        epoch += 1
-
-
 class RolloutWorker(Worker):
     config_class = RolloutConfig
 
     def _configure(self, config: RolloutConfig) -> None:
         experiment, trial = self.context.experiment, self.context.trial
         self.tokenizer, eos_ids = load_tokenizer_and_eos(model_path(config.model))
-        self.problems = {p.uid: p for p in load_problems(config.problems)}
-        self.upcoming = shard_epochs(list(self.problems.values()), self.context.index, self.context.group_size,
-                                     config.shuffle_seed)
+        self.cursor = ShardCursor(load_problems(config.problems), self.context.index, self.context.group_size,
+                                  config.shuffle_seed)
+        self.shard_state = run_dir(self.context) / SHARDS_DIR / f"{self.context.group}-{self.context.index}.json"
+        self.run_id = self._controller_run()
+        self.counts = {"trees_posted": 0, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
+        self.restored_produced = 0
+        self._restore_shard_state()
         self.sampler = TreeSampler(config.tree, eos_ids if len(eos_ids) > 1 else eos_ids[0], self.tokenizer.decode)
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.client = NameResolvingInferenceClient(
@@ -83,12 +84,15 @@ class RolloutWorker(Worker):
         self.scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self.scored: list[Future] = []
         self.requests: dict[int, str] = {}
-        self.trees: dict[str, tuple[int, Problem, float]] = {}
+        self.trees: dict[str, tuple[int, int, Problem, float]] = {}
         self.trainer_version = 0
         self.next_version_check = 0.0
-        self.counts = {"trees_posted": 0, "trajectories_posted": 0, "requests": 0, "epoch": 0, "throttled_polls": 0}
         self.trees_dropped = 0
         self.drops_key = names.sample_drops(experiment, trial, config.sample_stream, self.context.worker_id)
+        self.reset_key = names.sample_stream_reset(experiment, trial, config.sample_stream)
+        self.counting_since: str | None = None
+        """The stream reset this worker's throttle counts from ("" for its own start); None before the first check."""
+        self.base_version = self.posted_at_base = self.dropped_at_base = 0
 
     def _poll(self) -> PollResult:
         self._check_trainer_version()
@@ -97,6 +101,8 @@ class RolloutWorker(Worker):
         answered = self._receive_answers()
         self._score_finished()
         posted = self._post_scored()
+        if started or posted:
+            self._save_shard_state()
         return PollResult(sample_count=posted, batch_count=int(bool(started or sent or answered or posted)))
 
     # ---- steps of a poll ----
@@ -105,10 +111,32 @@ class RolloutWorker(Worker):
         now = time.monotonic()
         if now >= self.next_version_check:
             self.next_version_check = now + VERSION_CHECK_S
+            reset = self._stream_reset()
             newest = self.paramdb.newer_version(self.config.model.name, self.trainer_version)
             if newest is not None:
                 self.trainer_version = newest
+            if reset != self.counting_since:
+                self._count_from_now(reset)
             self.trees_dropped = max(self.trees_dropped, self._trees_dropped_by_trainer())
+
+    def _stream_reset(self) -> str:
+        try:
+            return self.name_resolver.get(self.reset_key)
+        except NameEntryNotFoundError:
+            return ""
+        except NameResolveError as exc:
+            self.logger.debug("cannot read %s: %s", self.reset_key, exc)
+            return self.counting_since or ""
+
+    def _count_from_now(self, reset: str) -> None:
+        """Count the throttle's trees from the current trainer version: at this worker's start, and when a trainer
+        resumed from a checkpoint (the trees it had are gone, and its drop counts start again)."""
+        if self.counting_since is not None:
+            self.logger.info("the trainer resumed at version %s: trees posted before count no longer", reset)
+        self.counting_since = reset
+        self.base_version = self.trainer_version
+        self.posted_at_base = self.counts["trees_posted"]
+        self.trees_dropped = self.dropped_at_base = self._trees_dropped_by_trainer()
 
     def _trees_dropped_by_trainer(self) -> int:
         try:
@@ -121,24 +149,25 @@ class RolloutWorker(Worker):
 
     def _tree_budget(self) -> int:
         config = self.config
-        wanted = (self.trainer_version + config.max_staleness + 1) * config.prompts_per_step
+        wanted = (self.trainer_version - self.base_version + config.max_staleness + 1) * config.prompts_per_step
         return math.ceil(wanted / self.context.group_size)
 
     def _start_trees(self) -> int:
         in_progress = self.sampler.in_progress + len(self.scored)
         # Trees the trainer dropped (stale, or uniform under dynamic sampling) do not count: they are replaced.
-        useful = self.counts["trees_posted"] - self.trees_dropped
+        useful = (self.counts["trees_posted"] - self.posted_at_base) - (self.trees_dropped - self.dropped_at_base)
         room = min(self.config.trees_in_flight - in_progress, self._tree_budget() - useful - in_progress)
         if room <= 0:
             if in_progress < self.config.trees_in_flight:
                 self.counts["throttled_polls"] += 1
             return 0
         for _ in range(room):
-            epoch, problem = next(self.upcoming)
+            position = self.cursor.position
+            epoch, problem = self.cursor.next()
             tree_uid = f"{problem.uid}@{epoch}"
             prompt_ids = self.tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]
             self.sampler.add_prompt(tree_uid, prompt_ids)
-            self.trees[tree_uid] = (epoch, problem, time.monotonic())
+            self.trees[tree_uid] = (epoch, position, problem, time.monotonic())
             self.counts["epoch"] = epoch
         return room
 
@@ -172,16 +201,16 @@ class RolloutWorker(Worker):
 
     def _score_finished(self) -> None:
         for tree in self.sampler.pop_finished():
-            epoch, problem, started = self.trees.pop(tree.uid)
+            epoch, position, problem, started = self.trees.pop(tree.uid)
             gen_s = time.monotonic() - started
-            self.scored.append(self.scoring.submit(self._score, tree, epoch, problem, gen_s))
+            self.scored.append(self.scoring.submit(self._score, tree, epoch, position, problem, gen_s))
 
-    def _score(self, tree: TreeResult, epoch: int, problem: Problem, gen_s: float) -> dict[str, Any]:
+    def _score(self, tree: TreeResult, epoch: int, position: int, problem: Problem, gen_s: float) -> dict[str, Any]:
         started = time.perf_counter()
         self.verifier.score_trajectories(tree.trajectories, {tree.uid: problem.answer}, self.tokenizer.decode,
                                          self.config.tree.cap)
         return {"tree": tree.to_dict(), "problem_uid": problem.uid, "producer": self.context.worker_id,
-                "epoch": epoch, "gen_s": gen_s, "reward_s": time.perf_counter() - started}
+                "epoch": epoch, "shard_position": position, "gen_s": gen_s, "reward_s": time.perf_counter() - started}
 
     def _post_scored(self) -> int:
         done, pending = [], []
@@ -201,12 +230,59 @@ class RolloutWorker(Worker):
         self.producer.flush()
         return trajectories
 
+    # ---- the saved shard position ----
+
+    def _controller_run(self) -> str:
+        """Who holds the trial's controller lease: it tells a resumed trial (a new controller) from a relaunch."""
+        try:
+            return self.name_resolver.get(names.controller(self.context.experiment, self.context.trial))
+        except (NameEntryNotFoundError, NameResolveError):
+            return ""
+
+    def _shard_identity(self) -> dict[str, int]:
+        return {"index": self.context.index, "count": self.context.group_size, "shard_size": len(self.cursor.shard),
+                "seed": self.cursor.seed}
+
+    def _restore_shard_state(self) -> None:
+        try:
+            saved = json.loads(self.shard_state.read_text())
+            position = int(saved["position"])
+            identity = {key: int(saved[key]) for key in self._shard_identity()}
+            counts = {key: int(saved[key]) for key in RESTORED_COUNTS}
+            run = str(saved["run"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.logger.warning("cannot read the saved shard position %s (%s: %s); starting the shard from its "
+                                "beginning", self.shard_state, type(exc).__name__, exc)
+            return
+        if identity != self._shard_identity():
+            self.logger.warning("the shard changed since its position was saved in %s (%s, now %s); starting it "
+                                "from its beginning", self.shard_state, identity, self._shard_identity())
+            return
+        self.cursor.position = position
+        if run != self.run_id:
+            self.counts.update(counts)
+            self.restored_produced = counts["trajectories_posted"]
+        self.logger.info("continuing the shard at position %d (epoch %d, offset %d of %d)%s", position,
+                         self.cursor.epoch, self.cursor.offset, len(self.cursor.shard),
+                         f"; {counts['trees_posted']} trees were posted before" if run != self.run_id else "")
+
+    def _restored(self) -> dict[str, Any]:
+        return {"restored": {"produced": self.restored_produced}} if self.restored_produced else {}
+
+    def _save_shard_state(self) -> None:
+        self.shard_state.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.shard_state, {"position": self.cursor.position, **self._shard_identity(),
+                                             "run": self.run_id, **{k: self.counts[k] for k in RESTORED_COUNTS}})
+
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "producer"):
             return {}
-        return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version, "trees_in_progress": self.sampler.in_progress,
+        return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version,
+                "shard_position": self.cursor.position, "trees_in_progress": self.sampler.in_progress,
                 "trees_scoring": len(self.scored), "verifier": vars(self.verifier.stats),
-                "accounting": {"produced": self.counts["trajectories_posted"]},
+                "accounting": {"produced": self.counts["trajectories_posted"], **self._restored()},
                 "samples": self.producer.as_dict(), "inference": self.client.as_dict()}
 
     def _close(self) -> None:

@@ -13,19 +13,32 @@ Several trainers (group count > 1) train as one torch.distributed group (`zrl.wo
 worker index. Rank 0 alone consumes the sample stream, applies the drops and counts the samples; each poll it
 sends the others either nothing (no batch yet) or the batch it chose, and all of them step on it together, each
 on its share of the rows (`zrl.rl.data_parallel`). Only rank 0 pushes weights and writes metrics.
+
+Checkpoints: every `save_every` steps and after the last, the model, optimizer, LR schedule, RNG states, step,
+version, sample-accounting counters and data positions go to `{run_dir}/checkpoints/` (`zrl.rl.checkpoint`). On
+configure the trainer continues from the newest one: a relaunched trainer, or a resumed trial. The parameter DB may
+then hold versions newer than the checkpoint, pushed by the trainer that died; the resumed weights are pushed as
+the version after the newest, so the policy workers serve them at once, and versions count on from there (a
+resumed run's versions run ahead of its steps). Trees the trainer had received and not trained when it stopped
+are counted as `lost`: those in the checkpoint's buffer and those received after the checkpoint (the trainer keeps
+its running count of received trees in `checkpoints/received.json`). Then it clears the drop counts of its sample
+stream and announces the reset (`names.sample_stream_reset`), so the rollout workers' throttles count anew.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from typing import Any
 
 import numpy as np
 
+from zrl.atomic_file import write_json_atomic
 from zrl.engines.hf import model_eos_token_ids
-from zrl.nameresolve import NameResolveError, names
+from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.rl.advantage import dynamic_sampling
+from zrl.rl.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
 from zrl.rl.tree import TreeResult, merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
@@ -36,6 +49,8 @@ from zrl.workers.treepo_config import TrainerConfig
 
 MAX_DRAIN = 256
 WAIT_S = 0.05
+CHECKPOINTS_DIR = "checkpoints"
+RECEIVED_FILE = "received.json"
 
 
 class ReceivedTree:
@@ -45,6 +60,7 @@ class ReceivedTree:
         self.tree = tree
         self.oldest_version = min((min(t.versions) for t in tree.trajectories if t.versions), default=0)
         self.producer = str(sample.get("producer", ""))
+        self.shard_position = int(sample.get("shard_position", -1))
         self.gen_s = float(sample.get("gen_s", 0.0))
         self.reward_s = float(sample.get("reward_s", 0.0))
 
@@ -76,9 +92,16 @@ class TrainerWorker(Worker):
                             grad_clip=config.grad_clip),
             config.advantage, config.loss, config.micro_batch_tokens, config.pack_trees)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.step_config.optimizer)
-        self.step = 0
+        self.step = self.version = 0
+        self.resumed_from: int | None = None
+        self.checkpoints = run_dir(self.context) / CHECKPOINTS_DIR
+        # Every trainer of a group restores the same checkpoint, optimizer state included: each one steps.
+        progress = load_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, self.logger)
         self.group = self._join_group(config) if self.context.group_size > 1 else None
         if self.group is not None and self.group.rank > 0:
+            if progress is not None:
+                self.step = self.resumed_from = progress.step
+                self.version = progress.version
             return  # a follower: rank 0 chooses the batches, counts the samples, pushes and writes metrics
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.consumer = NameResolvingSampleConsumer(
@@ -86,13 +109,73 @@ class TrainerWorker(Worker):
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
         self.buffer: deque[ReceivedTree] = deque()
-        self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0}
+        self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0,
+                           "lost": 0}
+        self.data_positions: dict[str, int] = {}
+        self.restored: dict[str, int] = {}
+        """The counters as this trainer took them over (reported under `accounting.restored`)."""
         self.headline: dict[str, str] = {}
         self.last_step_at = self.started = time.monotonic()
         self.wait_s = 0.0
         self.in_step = 0
         self.drops_by_producer: dict[str, int] = {}
         self.unpublished_drops: set[str] = set()
+        self._take_over(config, progress)
+
+    def _take_over(self, config: TrainerConfig, progress: TrainingProgress | None) -> None:
+        """Continue from the newest checkpoint, or from step 0 if a trainer ran before this one without saving any."""
+        received, garbage = self._received_before()
+        model = config.model.name
+        stored = max([*self.paramdb.list_versions(model), self.paramdb.newer_version(model, None) or 0], default=0)
+        if progress is None and received is None and stored == 0:
+            return  # a fresh trial
+        progress = progress or TrainingProgress(0, 0)
+        self.step = self.resumed_from = progress.step
+        accounting = {**self.accounting, **progress.accounting}
+        buffered = accounting.pop("buffered", 0)
+        received = max(received or 0, accounting["received"])
+        lost = buffered + received - accounting["received"]
+        accounting.update(received=received, garbage=max(garbage, accounting["garbage"]),
+                          lost=accounting["lost"] + lost)
+        self.accounting = accounting
+        self.restored = {**accounting, "buffered": 0}
+        self.data_positions = dict(progress.data_positions)
+        self.version = progress.version
+        if self.step < config.total_steps:
+            if stored > 0 and stored >= progress.version:
+                self.version = stored + 1
+            self.paramdb.untag(model, FINAL_TAG)
+            if self.version > 0:
+                self.paramdb.push(model, self.model, self.version)
+            self._reset_sample_stream(config.sample_stream)
+        self.logger.info("resumed from step %d (weights version %d, pushed as version %d); %d trajectories received "
+                         "and not trained before are lost", self.step, progress.version, self.version, lost)
+        self.metrics.write("resume", self.step, {"version": self.version, "checkpoint_version": progress.version,
+                                                 "lost": lost})
+        self.headline = {"resumed": f"step {self.step}"}
+
+    def _received_before(self) -> tuple[int | None, int]:
+        """What the trainers before this one received in all (None: no trainer ran before) and dropped as garbage."""
+        path = self.checkpoints / RECEIVED_FILE
+        try:
+            saved = json.loads(path.read_text())
+            return int(saved["received"]), int(saved["garbage"])
+        except FileNotFoundError:
+            return None, 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.logger.warning("cannot read %s (%s); the trees received since the checkpoint count as in flight",
+                                path, exc)
+            return None, 0
+
+    def _reset_sample_stream(self, stream: str) -> None:
+        """Clear the drop counts of the stream and announce the version this trainer counts from."""
+        experiment, trial = self.context.experiment, self.context.trial
+        for key in self.name_resolver.find_subtree(names.sample_drops_root(experiment, trial, stream)):
+            try:
+                self.name_resolver.delete(key)
+            except NameEntryNotFoundError:
+                pass
+        self.name_resolver.add(names.sample_stream_reset(experiment, trial, stream), str(self.version), replace=True)
 
     def _join_group(self, config: TrainerConfig) -> TrainerGroup:
         context = self.context
@@ -112,6 +195,8 @@ class TrainerWorker(Worker):
         if not self.leads:
             return self._follow()
         config = self.config
+        if self.step >= config.total_steps:
+            return PollResult(done=True)  # resumed from the checkpoint of the last step
         waited = time.monotonic()
         self._drain(WAIT_S if len(self.buffer) < config.prompts_per_step else 0.0)
         self._drop_stale()
@@ -124,7 +209,8 @@ class TrainerWorker(Worker):
             return PollResult()
         batch = [self.buffer.popleft() for _ in range(config.prompts_per_step)]
         if self.group is not None:
-            self.group.broadcast({"step": self.step, "trees": [b.to_sample() for b in batch]})
+            self.group.broadcast({"step": self.step, "version": self.version,
+                                  "trees": [b.to_sample() for b in batch]})
         self.in_step = sum(b.size for b in batch)
         self._train(batch)
         self.in_step = 0
@@ -140,13 +226,15 @@ class TrainerWorker(Worker):
         if message["step"] != self.step:
             raise TrainerGroupError(f"trainer rank {self.group.rank} is at step {self.step}, but rank 0 sent the "
                                     f"batch of step {message['step']}")
+        self.version = int(message["version"])  # rank 0 may have pushed its resumed weights as a newer version
         self._train([ReceivedTree(TreeResult.from_dict(sample["tree"]), sample) for sample in message["trees"]])
         return PollResult(batch_count=1, done=self.step >= self.config.total_steps)
 
     # ---- steps of a poll ----
 
     def _drain(self, timeout: float) -> None:
-        for sample in self.consumer.consume(MAX_DRAIN, timeout=timeout):
+        samples = self.consumer.consume(MAX_DRAIN, timeout=timeout)
+        for sample in samples:
             try:
                 item = ReceivedTree(TreeResult.from_dict(sample["tree"]), sample)
             except (KeyError, TypeError, ValueError) as exc:
@@ -160,11 +248,15 @@ class TrainerWorker(Worker):
                 self._dropped_tree(item)
                 continue
             self.buffer.append(item)
+        if samples:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.checkpoints / RECEIVED_FILE, {key: self.accounting[key]
+                                                                 for key in ("received", "garbage")})
 
     def _drop_stale(self) -> None:
         fresh: deque[ReceivedTree] = deque()
         for item in self.buffer:
-            if self.step - item.oldest_version <= self.config.max_staleness:
+            if self.version - item.oldest_version <= self.config.max_staleness:
                 fresh.append(item)
             else:
                 self.accounting["dropped_stale"] += item.size
@@ -193,21 +285,28 @@ class TrainerWorker(Worker):
         config = self.config
         trajectories = [t for b in batch for t in b.tree.trajectories]
         metrics = train_step(self.model, self.optimizer, self.scheduler, trajectories, self.step_config,
-                             self.pad_id, on_policy_version=self.step, collective=self.group)
-        staleness = [self.step - b.oldest_version for b in batch]
+                             self.pad_id, on_policy_version=self.version, collective=self.group)
+        staleness = [self.version - b.oldest_version for b in batch]
         self.step += 1
+        self.version += 1
         if not self.leads:
             return
         self.accounting["trained"] += len(trajectories)
-        sync_s = 0.0
+        for item in batch:
+            if item.shard_position >= 0:
+                positions = self.data_positions
+                positions[item.producer] = max(positions.get(item.producer, 0), item.shard_position + 1)
+        sync_s = checkpoint_s = 0.0
         if self.step % config.push_every == 0 or self.step >= config.total_steps:
             sync_s = self._push()
+        if self.step % config.save_every == 0 or self.step >= config.total_steps:
+            checkpoint_s = self._save_checkpoint()
         now = time.monotonic()
         step_s, self.last_step_at = now - self.last_step_at, now
         stats = merge_stats([b.tree.stats for b in batch])
         n = len(trajectories)
         metrics.update({
-            "version": self.step,
+            "version": self.version,
             "staleness_mean": float(np.mean(staleness)), "staleness_max": float(max(staleness)),
             "trajectories_per_s": n / step_s, "tokens_per_s": metrics["tokens"] / step_s,
             "decoded_tokens_per_trajectory": stats.decoded_tokens / n,
@@ -217,12 +316,12 @@ class TrainerWorker(Worker):
             **{f"status_{name}": float(count) for name, count in sorted(stats.statuses.items())},
             "time_generation_s": float(np.mean([b.gen_s for b in batch])),
             "time_reward_s": float(np.mean([b.reward_s for b in batch])),
-            "time_sync_s": sync_s, "time_wait_s": self.wait_s, "step_s": step_s,
+            "time_sync_s": sync_s, "time_checkpoint_s": checkpoint_s, "time_wait_s": self.wait_s, "step_s": step_s,
             "elapsed_s": now - self.started,
         })
         self.wait_s = 0.0
         self.metrics.write("train", self.step, metrics)
-        eta = (config.total_steps - self.step) * (now - self.started) / self.step
+        eta = (config.total_steps - self.step) * (now - self.started) / (self.step - (self.resumed_from or 0))
         self.headline = {"step": f"{self.step}/{config.total_steps}", "reward": f"{metrics['reward_mean']:+.2f}",
                          "acc": f"{metrics['accuracy']:.2f}", "traj/s": f"{n / step_s:.0f}",
                          "stale": f"{np.mean(staleness):.1f}", "eta": _duration(eta)}
@@ -231,20 +330,32 @@ class TrainerWorker(Worker):
         started = time.perf_counter()
         tags = (FINAL_TAG,) if self.step >= self.config.total_steps else ()
         model = self.config.model.name
-        self.paramdb.push(model, self.model, self.step, tags=tags)
+        self.paramdb.push(model, self.model, self.version, tags=tags)
         self.paramdb.gc(model, self.config.keep_versions)
+        return time.perf_counter() - started
+
+    def _save_checkpoint(self) -> float:
+        started = time.perf_counter()
+        buffered = sum(b.size for b in self.buffer)
+        progress = TrainingProgress(self.step, self.version, {**self.accounting, "buffered": buffered},
+                                    dict(self.data_positions))
+        save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, progress,
+                        keep=self.config.keep_checkpoints)
         return time.perf_counter() - started
 
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "group"):
             return {}
-        stats: dict[str, Any] = {"step": self.step, "version": self.step}
+        stats: dict[str, Any] = {"step": self.step, "version": self.version}
         if self.group is not None:
             stats["group"] = {"rank": self.group.rank, "world_size": self.group.world_size}
         if not hasattr(self, "consumer"):
             return stats  # a follower (rank 0 counts every sample of the group, once), or still configuring
         buffered = sum(b.size for b in self.buffer) + self.in_step
-        return {**stats, "headline": self.headline, "accounting": {**self.accounting, "buffered": buffered},
+        accounting = {**self.accounting, "buffered": buffered}
+        if self.restored:
+            accounting["restored"] = self.restored
+        return {**stats, "resumed_from": self.resumed_from, "headline": self.headline, "accounting": accounting,
                 "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:

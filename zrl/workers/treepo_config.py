@@ -153,6 +153,11 @@ class TrainerConfig:
     """Clip ranges of the loss."""
     keep_versions: int = 4
     """Versions kept in the parameter DB (older ones are garbage-collected; pinned and tagged ones stay)."""
+    save_every: int = 50
+    """Write a checkpoint every this many steps (and after the last), which a relaunched or resumed trainer continues
+    from."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in the run directory (older ones are deleted)."""
     seed: int = 0
     """torch seed of the trainer."""
     group_timeout_s: float = 300.0
@@ -160,6 +165,11 @@ class TrainerConfig:
     collective; a trainer whose peer died or hangs fails after at most this."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
+
+    def __post_init__(self) -> None:
+        for name in ("save_every", "keep_checkpoints", "push_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
