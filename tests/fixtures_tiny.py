@@ -27,6 +27,7 @@ def heldout_prompt_ids(model_dir: Path, count: int, seed: int) -> list[list[int]
 def full_forward_logprobs(model, prefix: list[int], tokens: list[int]) -> list[float]:
     """Logprob of each of `tokens` after `prefix`, from one full forward pass of a transformers model."""
     with torch.no_grad():
-        logits = model(torch.tensor([prefix + tokens])).logits[0].float()
+        device = next(model.parameters()).device
+        logits = model(torch.tensor([prefix + tokens], device=device)).logits[0].float().cpu()
     table = torch.log_softmax(logits, dim=-1)
     return [table[len(prefix) - 1 + i, token].item() for i, token in enumerate(tokens)]

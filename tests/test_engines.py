@@ -30,9 +30,10 @@ def prompts(tiny_model_dir):  # noqa: F811
 
 def _greedy_by_full_forward(model, prefix: list[int], steps: int, eos: int) -> list[int]:
     tokens: list[int] = []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for _ in range(steps):
-            token = int(model(torch.tensor([prefix + tokens])).logits[0, -1].argmax())
+            token = int(model(torch.tensor([prefix + tokens], device=device)).logits[0, -1].argmax())
             tokens.append(token)
             if token == eos:
                 break
@@ -248,7 +249,7 @@ def test_batched_sampling_follows_temperature_and_top_p_row_by_row():
 
 
 def test_adopted_weights_are_shared_and_copied_weights_are_not(tiny_model_dir, prompts):  # noqa: F811
-    engine = HFEngine(tiny_model_dir)
+    engine = HFEngine(tiny_model_dir, HFEngineConfig(device="cpu"))  # weights read to the CPU fit it in place
     requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
     before = engine.generate(requests)
     state = read_state_dict(tiny_model_dir)
@@ -269,10 +270,21 @@ def test_adopted_weights_are_shared_and_copied_weights_are_not(tiny_model_dir, p
 
 
 def test_weights_that_do_not_fit_in_place_are_copied_when_adopting(tiny_model_dir, prompts):  # noqa: F811
-    engine = HFEngine(tiny_model_dir)
+    engine = HFEngine(tiny_model_dir, HFEngineConfig(device="cpu"))
     requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
     before = engine.generate(requests)
     as_double = {name: tensor.double() for name, tensor in read_state_dict(tiny_model_dir).items()}
     engine.load_weights(as_double, version=1, adopt=True)
     assert all(p.dtype == torch.float32 for p in engine.model.parameters())
     assert [r.token_ids for r in engine.generate(requests)] == [r.token_ids for r in before]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+def test_an_engine_on_a_gpu_loads_cpu_weights_by_copying(tiny_model_dir, prompts):  # noqa: F811
+    engine = HFEngine(tiny_model_dir, HFEngineConfig(device="cuda"))
+    requests = [GenerationRequest(p, 12, GREEDY) for p in prompts]
+    before = engine.generate(requests)
+    engine.load_weights(read_state_dict(tiny_model_dir), version=1, adopt=True)
+    assert all(p.device.type == "cuda" for p in engine.model.parameters())
+    after = engine.generate(requests)
+    assert [r.token_ids for r in after] == [r.token_ids for r in before] and {r.version for r in after} == {1}

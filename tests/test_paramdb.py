@@ -299,3 +299,13 @@ def test_newer_version_never_raises(tmp_path: Path) -> None:
     assert db.newer_version("policy", 3) is None
     (db.model_dir("policy") / "latest").write_text("garbage\n")
     assert db.newer_version("policy", None) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+def test_weights_on_a_gpu_are_pushed_as_they_are(db: ParamDB) -> None:
+    state = {"w": torch.randn(64, 32, device="cuda"), "b": torch.arange(10, device="cuda", dtype=torch.int64),
+             "h": torch.randn(7, device="cuda", dtype=torch.bfloat16)}
+    db.push("m", state, 1)
+    got = db.get("m", 1)
+    for name, tensor in state.items():
+        assert got[name].device.type == "cpu" and torch.equal(got[name], tensor.cpu()), name

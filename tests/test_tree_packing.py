@@ -51,8 +51,12 @@ def trees(model_dir):
     return result
 
 
-def _model(model_dir) -> Qwen2ForCausalLM:
-    return Qwen2ForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _model(model_dir, device: str = "cpu") -> Qwen2ForCausalLM:
+    return Qwen2ForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
 
 
 def test_trees_share_their_prefixes(trees):
@@ -65,10 +69,11 @@ def test_trees_share_their_prefixes(trees):
     assert int((packed.input_ids != 0).sum()) < one_row_each
 
 
-def test_packed_logprobs_equal_those_of_one_row_per_trajectory(model_dir, trees):
-    model = _model(model_dir)
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_logprobs_equal_those_of_one_row_per_trajectory(model_dir, trees, device):
+    model = _model(model_dir, device)
     trajectories = [t for tree in trees for t in tree.trajectories]
-    batch = collate(trajectories, [np.zeros(len(t.response_ids)) for t in trajectories], pad_id=0)
+    batch = collate(trajectories, [np.zeros(len(t.response_ids)) for t in trajectories], pad_id=0).to(device)
     with torch.no_grad():
         expected = token_logprobs(model, batch.input_ids, batch.attention_mask) * batch.mask
         got = packed_token_logprobs(model, pack_trees(trajectories, 0), len(trajectories), batch.input_ids.shape[1])
@@ -78,12 +83,13 @@ def test_packed_logprobs_equal_those_of_one_row_per_trajectory(model_dir, trees)
     assert float((got - behaviour).abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("micro_batch_tokens", [8192, 40])
-def test_a_step_on_packed_trees_equals_the_step_on_rows(model_dir, trees, micro_batch_tokens):
+@pytest.mark.parametrize(("micro_batch_tokens", "device"), [(8192, "cpu"), (40, "cpu"),
+                                                             pytest.param(8192, "cuda", marks=CUDA)])
+def test_a_step_on_packed_trees_equals_the_step_on_rows(model_dir, trees, micro_batch_tokens, device):
     trajectories = [t for tree in trees for t in tree.trajectories]
     gradients, metrics = {}, {}
     for pack in (False, True):
-        model = _model(model_dir)
+        model = _model(model_dir, device)
         config = StepConfig(OptimizerConfig(lr=1e-3, warmup_steps=0), AdvantageConfig(credit="segment"),
                             micro_batch_tokens=micro_batch_tokens, pack_trees=pack)
         optimizer, scheduler = make_optimizer(model, config.optimizer)

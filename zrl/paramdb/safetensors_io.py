@@ -45,8 +45,8 @@ class FileRecord:
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The raw bytes of a CPU tensor, without a copy when it is already contiguous."""
-    flat = tensor.detach().contiguous().reshape(-1)
+    """The raw bytes of a tensor, without a copy when it is a contiguous CPU tensor (a GPU tensor is copied)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy())
 
 
@@ -57,7 +57,7 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], durable: bool = True) -> FileRecord:
-    """Write `tensors` (CPU) as one safetensors file at `path` (which must not exist) and return its checksum.
+    """Write `tensors` as one safetensors file at `path` (which must not exist) and return its checksum.
 
     With `durable`, writeback starts after every WRITEBACK_BYTES written and the file is fsynced at the end,
     so the disk works while the rest is still being written.

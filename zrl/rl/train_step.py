@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -77,6 +77,9 @@ class Collated:
     mask: torch.Tensor
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor
+
+    def to(self, device: torch.device) -> Collated:
+        return Collated(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(trajectories: Sequence[Trajectory], token_advantages: Sequence[np.ndarray], pad_id: int) -> Collated:
@@ -209,8 +212,9 @@ def accumulate_gradients(model: torch.nn.Module, trajectories: Sequence[Trajecto
     (the logprob mismatch on tokens of `on_policy_version`), each `*_max` metric of `policy_loss` as a maximum,
     and every other metric weighted by its tokens (divide by `total_tokens` for the batch mean).
     """
-    batch = collate(trajectories, token_advantages, pad_id)
-    on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version)
+    device = next(model.parameters()).device
+    batch = collate(trajectories, token_advantages, pad_id).to(device)
+    on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version).to(device)
     sums: dict[str, float] = {MISMATCH_SUM: 0.0, ON_POLICY_TOKENS: 0.0, "loss": 0.0}
     if packed:
         groups = _tree_micro_batches(trajectories, config.micro_batch_tokens)

@@ -44,7 +44,15 @@ from zrl.rl.tree import TreeResult, merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trainer_group
-from zrl.workers.treepo_common import FINAL_TAG, MetricsLog, model_path, open_paramdb, run_dir, set_threads
+from zrl.workers.treepo_common import (
+    FINAL_TAG,
+    MetricsLog,
+    model_path,
+    open_paramdb,
+    run_dir,
+    set_threads,
+    torch_device,
+)
 from zrl.workers.treepo_config import TrainerConfig
 
 MAX_DRAIN = 256
@@ -84,7 +92,8 @@ class TrainerWorker(Worker):
         set_threads(config.threads)
         torch.manual_seed(config.seed)
         path = model_path(config.model)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(
+            torch_device(config.device))
         pad = self.model.config.pad_token_id
         self.pad_id = int(pad) if pad is not None else model_eos_token_ids(path)[0]
         self.step_config = StepConfig(

@@ -85,6 +85,15 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def torch_device(name: str) -> Any:
+    """The torch device `name` names; "auto": the GPU when there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class MetricsLog:
     """Appends metric records as JSON lines to `metrics.jsonl` and, when tensorboardX is installed, as
     TensorBoard scalars; several workers may share the file (each record is one write of one line)."""

@@ -160,6 +160,8 @@ class TrainerConfig:
     """Checkpoints kept in the run directory (older ones are deleted)."""
     seed: int = 0
     """torch seed of the trainer."""
+    device: str = "auto"
+    """torch device of the trained model: auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:1..."""
     group_timeout_s: float = 300.0
     """With several trainers (group count > 1): longest wait for the others, at the rendezvous and in each
     collective; a trainer whose peer died or hangs fails after at most this."""
