@@ -67,7 +67,8 @@ def test_validation_reports_every_problem_with_its_key():
     config = echo_config(experiment="", done_when=("trainer",), workers={
         "a": WorkerGroupConfig(type="no_such_type", count=0),
         "b": WorkerGroupConfig(type="echo_server", config=EchoConsumerConfig(), after=("ghost",),
-                               max_restarts=-1, resources=dataclasses.replace(WorkerGroupConfig().resources, cpus=0)),
+                               max_restarts=-1, max_failed=1,
+                               resources=dataclasses.replace(WorkerGroupConfig().resources, cpus=0)),
     })
     with pytest.raises(ConfigError) as info:
         validate(config)
@@ -76,9 +77,10 @@ def test_validation_reports_every_problem_with_its_key():
                      "workers.a.count: must be >= 1", "workers.b.config: is a EchoConsumerConfig, but type "
                      "'echo_server' takes a EchoServerConfig", "workers.b.after[0]: 'ghost'",
                      "workers.b.max_restarts: must be >= 0", "workers.b.resources.cpus: must be >= 1",
+                     "workers.b.max_failed: must be >= 0 and below count (1)",
                      "done_when[0]: 'trainer' is not a worker group"):
         assert expected in text
-    assert len(info.value.errors) == 8
+    assert len(info.value.errors) == 9
 
 
 def test_dependency_cycles_and_levels():

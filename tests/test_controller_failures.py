@@ -42,6 +42,40 @@ def test_sigkilled_worker_is_restarted_with_on_failure_and_the_run_completes(tmp
     # The relaunched producer starts again from 0: its repeats arrive as duplicates, and every sample arrives.
     assert consumer["distinct"] == 200 and consumer["wrong_answers"] == 0
     assert consumer["samples"]["received"] == consumer["distinct"] + consumer["duplicates"]
+    # What the killed process produced still counts (by its last status, or by what reached the consumer from it
+    # if that is more: it went on posting after its last status), so the accounting balances.
+    [ended] = summary["workers"]["producer/0"]["ended_processes"]
+    killed = ended["stats"]["accounting"]
+    delivered = consumer["accounting"]["received_from"][killed["incarnation"]]
+    accounting = summary["sample_accounting"]
+    assert accounting["produced"] == 200 + max(killed["produced"], delivered), (accounting, killed, delivered)
+    assert accounting["lost"] == max(0, killed["produced"] - delivered), accounting
+    assert accounting["balanced"] and accounting["received"] == consumer["samples"]["received"], accounting
+    assert run.worker_pids() == {}
+
+
+@pytest.mark.parametrize("killed", [1, 2], ids=["one-server", "both-servers"])
+def test_a_group_may_lose_up_to_max_failed_workers(tmp_path: Path, killed: int):
+    # 2 producers x 30 batches of 10, each followed by a 0.15 s pause: long enough for both kills.
+    run = ControllerRun(tmp_path, "workers.producer.config.num_samples=300", "workers.producer.config.batch_size=10",
+                        "workers.producer.config.interval_s=0.15", "workers.consumer.config.expected_samples=600",
+                        "workers.server.count=2", "workers.server.max_failed=1")
+    run.wait_for_output("workers RUNNING")
+    time.sleep(0.4)
+    pids = run.worker_pids()
+    os.kill(pids["server/1"], signal.SIGKILL)
+    run.wait_for_output("the experiment goes on without it (1 of workers.server.max_failed=1 failed)")
+    if killed == 2:
+        os.kill(pids["server/0"], signal.SIGKILL)
+        assert run.wait(timeout=30) == 1, run.output
+        assert "error: worker server/0 failed: its process ended (FAILED: killed by signal 9 (SIGKILL))" in run.output
+        assert run.worker_pids() == {}
+        return
+    assert run.wait() == 0, run.output
+    summary = run.summary()
+    assert (summary["workers"]["server/1"]["status"], summary["workers"]["server/1"]["restarts"]) == ("FAILED", 0)
+    consumer = summary["workers"]["consumer/0"]["last"]["stats"]
+    assert consumer["distinct"] == 600 and consumer["duplicates"] == 0 and summary["sample_accounting"]["balanced"]
     assert run.worker_pids() == {}
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import pytest
 from fixtures_tiny import tiny_model_dir  # noqa: F401
 from transformers import AutoModelForCausalLM
 
@@ -48,3 +50,55 @@ def test_a_version_pushed_while_the_policy_waits_for_requests_answers_them(tmp_p
     finally:
         client.close()
         worker._close()
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_policy_worker_started_mid_run_answers_with_the_newest_version_that_loads(tmp_path: Path,
+                                                                                     tiny_model_dir):  # noqa: F811
+    """A relaunched policy worker must not answer with the starting weights once the trainer has pushed: a corrupt
+    newest version is passed over for the one before, and with no loadable version it refuses to start."""
+    context = WorkerContext("exp", "t1", "policy", 1, run_dir=str(tmp_path / "runs" / "exp" / "t1"))
+    config = PolicyConfig(model=ModelSource(path=str(tiny_model_dir)))
+    resolver = make_name_resolver(f"memory://policy-{uuid.uuid4().hex}")
+    paramdb = open_paramdb(config.model, context, resolver)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    for version in (1, 2, 3):
+        paramdb.push("policy", model, version)
+    corrupt(paramdb.version_path("policy", 3) / "model.safetensors")
+    worker = PolicyWorker(context, resolver)
+    client = None
+    try:
+        worker._configure(config)
+        worker.config = config
+        client = NameResolvingInferenceClient(resolver, names.inference_stream("exp", "t1", "policy"))
+        request = client.post({"prefix": [1, 2, 3], "max_new_tokens": 2, "temperature": 1.0, "seed": 0})
+        answers: dict = {}
+        deadline = time.monotonic() + 30
+        while request not in answers and time.monotonic() < deadline:
+            worker._poll()
+            answers.update(client.poll_responses(timeout=0.05))
+        assert answers[request]["version"] == 2, answers
+        stats = worker._stats()
+        assert stats["first_version_served"] == 2 and stats["reload_failures"] == 1, stats
+    finally:
+        if client is not None:
+            client.close()
+        worker._close()
+
+    corrupt(paramdb.version_path("policy", 2) / "model.safetensors")
+    corrupt(paramdb.version_path("policy", 1) / "model.safetensors")
+    refusing = PolicyWorker(context, resolver)
+    try:
+        with pytest.raises(RuntimeError, match=r"no version of model 'policy' in .* could be loaded, and this policy "
+                                               r"worker will not serve the starting weights instead: version 3: .*"
+                                               r"checksum mismatch"):
+            refusing._configure(config)
+    finally:
+        refusing._close()
+        resolver.close()
+    assert paramdb.pins("policy") == {}  # neither left its pin behind

@@ -26,11 +26,16 @@ def reply(accounting: dict | None = None, headline: dict | None = None) -> dict:
     return {"stats": stats}
 
 
+def current(replies: dict) -> dict:
+    """Each worker's reply as the only process it had."""
+    return {worker: [reply] for worker, reply in replies.items()}
+
+
 def test_accounting_sums_workers_and_balances():
-    totals = sample_accounting({
+    totals = sample_accounting(current({
         "rollout/0": reply({"produced": 80}), "rollout/1": reply({"produced": 48}), "policy/0": reply(),
         "trainer/0": reply({"received": 112, "trained": 64, "dropped_stale": 16, "dropped_dynamic": 24,
-                            "buffered": 8})})
+                            "buffered": 8})}))
     assert totals["produced"] == 128
     assert totals["in_flight_at_stop"] == 16 + 8
     assert totals["balanced"]
@@ -39,36 +44,83 @@ def test_accounting_sums_workers_and_balances():
 
 
 def test_accounting_counts_samples_consumed_without_training():
-    totals = sample_accounting({"producer/0": reply({"produced": 30}), "server/0": reply(),
-                                "consumer/0": reply({"received": 25, "consumed": 25})})
+    totals = sample_accounting(current({"producer/0": reply({"produced": 30}), "server/0": reply(),
+                                        "consumer/0": reply({"received": 25, "consumed": 25})}))
     assert totals["balanced"] and totals["in_flight_at_stop"] == 5
     assert "produced 30 = trained 0 + consumed 25 + dropped stale 0 + dropped by dynamic sampling 0 + in flight at " \
            "stop 5 (balanced)" in accounting_text(totals)
-    assert not sample_accounting({"producer/0": reply({"produced": 30}),
-                                  "consumer/0": reply({"received": 25, "consumed": 20})})["balanced"]
+    assert not sample_accounting(current({"producer/0": reply({"produced": 30}),
+                                          "consumer/0": reply({"received": 25, "consumed": 20})}))["balanced"]
 
 
 def test_accounting_counts_what_a_failed_trainer_took_with_it():
     # The trainer resumed from a checkpoint: 16 trajectories it had received were neither trained nor dropped there.
-    totals = sample_accounting({"rollout/0": reply({"produced": 128}),
-                                "trainer/0": reply({"received": 120, "trained": 96, "dropped_stale": 0,
-                                                    "lost": 16, "buffered": 8})})
+    totals = sample_accounting(current({"rollout/0": reply({"produced": 128}),
+                                        "trainer/0": reply({"received": 120, "trained": 96, "dropped_stale": 0,
+                                                            "lost": 16, "buffered": 8})}))
     assert totals["balanced"] and totals["lost"] == 16 and totals["in_flight_at_stop"] == 8 + 8
-    assert "produced 128 = trained 96 + dropped stale 0 + dropped by dynamic sampling 0 + lost with a stopped trainer " \
+    assert "produced 128 = trained 96 + dropped stale 0 + dropped by dynamic sampling 0 + lost with stopped workers " \
            "16 + in flight at stop 16 (balanced)" in accounting_text(totals)
-    assert not sample_accounting({"rollout/0": reply({"produced": 128}),
-                                  "trainer/0": reply({"received": 120, "trained": 96, "buffered": 8})})["balanced"]
+    assert not sample_accounting(current({"rollout/0": reply({"produced": 128}),
+                                          "trainer/0": reply({"received": 120, "trained": 96, "buffered": 8})})
+                                 )["balanced"]
 
 
 def test_accounting_that_does_not_add_up_says_so():
-    totals = sample_accounting({"rollout/0": reply({"produced": 10}),
-                                "trainer/0": reply({"received": 10, "trained": 4, "buffered": 0})})
+    totals = sample_accounting(current({"rollout/0": reply({"produced": 10}),
+                                        "trainer/0": reply({"received": 10, "trained": 4, "buffered": 0})}))
     assert not totals["balanced"]
     assert "DOES NOT BALANCE" in accounting_text(totals)
-    assert sample_accounting({"server/0": reply(), "x/0": {}}) is None
+    assert sample_accounting(current({"server/0": reply(), "x/0": {}})) is None
     # More received than any rollout produced is not balanced either.
-    assert not sample_accounting({"rollout/0": reply({"produced": 0}),
-                                  "trainer/0": reply({"received": 10, "trained": 10})})["balanced"]
+    assert not sample_accounting(current({"rollout/0": reply({"produced": 0}),
+                                          "trainer/0": reply({"received": 10, "trained": 10})}))["balanced"]
+
+
+def test_accounting_keeps_what_ended_processes_did_and_counts_what_they_lost():
+    # rollout/0 was relaunched: its first process produced 40 (by its last status), of which 36 reached the trainer.
+    first = reply({"produced": 40, "incarnation": "rollout/0#a"})
+    second = reply({"produced": 24, "incarnation": "rollout/0#b"})
+    trainer = reply({"received": 56, "trained": 48, "dropped_stale": 4, "buffered": 4,
+                     "received_from": {"rollout/0#a": 36, "rollout/0#b": 20}})
+    totals = sample_accounting({"rollout/0": [first, second], "trainer/0": [trainer]})
+    assert (totals["produced"], totals["lost"], totals["in_flight_at_stop"]) == (64, 4, 8)
+    assert totals["balanced"]
+    assert accounting_text(totals).endswith("+ lost with stopped workers 4 + in flight at stop 8 (balanced)")
+    # Its last status predates some of its posts: what the trainer received from it was produced.
+    stale = reply({"produced": 30, "incarnation": "rollout/0#a"})
+    totals = sample_accounting({"rollout/0": [stale, second], "trainer/0": [trainer]})
+    assert (totals["produced"], totals["lost"], totals["in_flight_at_stop"]) == (60, 0, 8)
+    assert totals["balanced"]
+    # A worker given up (no process follows) lost what it held; one not yet answering counts nothing.
+    totals = sample_accounting({"rollout/0": [second, {}], "trainer/0": [trainer]})
+    assert totals["produced"] == 24 and totals["lost"] == 4 and not totals["balanced"]
+    # Consumers that do not count by producer process: unsent samples of ended producers count as in flight.
+    untracked = reply({"received": 56, "trained": 48, "dropped_stale": 4, "buffered": 4})
+    totals = sample_accounting({"rollout/0": [first, second], "trainer/0": [untracked]})
+    assert (totals["lost"], totals["in_flight_at_stop"], totals["balanced"]) == (0, 12, True)
+    assert "lost" not in accounting_text(totals)
+
+
+def test_a_relaunched_trainer_that_took_over_covers_the_process_before_it():
+    """The relaunched trainer took over the counters (from its checkpoint, and all received before): they cover the
+    ended process, whose trees received after the checkpoint or buffered in it the new one counts as lost."""
+    ended = reply({"received": 100, "trained": 80, "dropped_stale": 4, "buffered": 16,
+                   "received_from": {"rollout/0#a": 100}})
+    taken_over = {"received": 100, "trained": 64, "dropped_stale": 4, "lost": 32, "buffered": 0}
+    resumed = reply({"received": 156, "trained": 112, "dropped_stale": 4, "lost": 32, "buffered": 8,
+                     "received_from": {"rollout/0#a": 56}, "restored": taken_over})
+    rollout = reply({"produced": 170, "incarnation": "rollout/0#a"})
+    totals = sample_accounting({"rollout/0": [rollout], "trainer/0": [ended, resumed]})
+    assert {key: totals[key] for key in ("received", "trained", "lost", "buffered", "in_flight_at_stop")} == {
+        "received": 156, "trained": 112, "lost": 32, "buffered": 8, "in_flight_at_stop": 22}
+    assert totals["balanced"]
+    # One that took over nothing (it found no checkpoint) starts from zero: all the ended process held is lost.
+    fresh = reply({"received": 56, "trained": 48, "buffered": 8, "received_from": {"rollout/0#a": 56}})
+    totals = sample_accounting({"rollout/0": [rollout], "trainer/0": [ended, fresh]})
+    assert {key: totals[key] for key in ("received", "trained", "lost", "buffered", "in_flight_at_stop")} == {
+        "received": 156, "trained": 48, "lost": 96, "buffered": 8, "in_flight_at_stop": 22}
+    assert totals["balanced"]
 
 
 def write_metrics(path: Path) -> None:

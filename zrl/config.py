@@ -68,6 +68,9 @@ class WorkerGroupConfig:
     restart_backoff_s: float = 1.0
     """Seconds before a failed worker is relaunched; doubled for each further restart of that worker (at most 60 s,
     or this value if larger)."""
+    max_failed: int = 0
+    """Workers of the group that may fail for good (beyond their restarts) while the experiment goes on without
+    them, such as one of several policy workers; one more stops it."""
     after: tuple[str, ...] = ()
     """Groups configured and started before this one (for example the servers a client connects to)."""
     config: Any = None

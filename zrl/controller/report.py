@@ -3,52 +3,116 @@
 
 Workers report what they count under `stats.accounting` in their status: rollout workers `produced`, trainers
 `received`, `trained`, `dropped_stale`, `dropped_dynamic`, `buffered` and `lost` (received by a trainer that
-stopped or failed, and not trained in the checkpoint its successor resumed from; all in trajectories); a consumer that uses
-samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
-`produced`. A worker that took over counters (a trainer from its checkpoint, a rollout worker of a resumed trial)
-reports them in its counters, which run on from there, and what it took over under `restored`; the totals here sum
-the counters as they are, so they cover the whole trial. The run balances when everything received is trained, consumed, dropped, lost or still buffered, and
+stopped or failed, and not trained in the checkpoint its successor resumed from; all in trajectories); a consumer
+that uses samples without training on them (the echo demo's) reports `received` and `consumed`, and its producers
+`produced`. The run balances when everything received is trained, consumed, dropped, lost or still buffered, and
 nothing was received that was not produced.
+
+Every process of a worker counts. A worker that took over counters (a trainer from its checkpoint, a rollout worker
+of a resumed trial) reports them in its counters, which run on from there, and what it took over under `restored`:
+its counters cover the processes before it. A process that took over nothing counts from zero, and the processes
+of its worker that ended before it add the counters of their last status reply; what such an ended process held
+(trained, consumed or buffered) was lost with it. Producers name their process in `accounting.incarnation` and
+stamp it on their samples, and consumers count what they received from each under `accounting.received_from`:
+what an ended producer process produced and no consumer received (unsent in its sockets) was lost too; without
+those counts it stays in flight.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 ACCOUNTING_KEYS = ("produced", "received", "trained", "consumed", "dropped_stale", "dropped_dynamic", "lost",
                    "buffered")
+HELD_KEYS = ("trained", "consumed", "buffered")
+"""What a consumer holds of its samples (in its weights, its results or its buffer): lost when its process ends,
+unless a successor took it over."""
 CURVE_FILE = "learning_curve.png"
 
 
-def sample_accounting(last_replies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Sum the `accounting` counters of every worker; None when no worker reports any."""
+def sample_accounting(processes: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any] | None:
+    """Sum the `accounting` counters of every process of every worker; None when no worker reports any.
+
+    `processes` holds, for each worker, the status replies of its processes, oldest first: each but the last is the
+    final reply of a process that ended (the worker was relaunched, requeued or given up), the last is the reply of
+    the current process ({} when none runs).
+    """
     totals = dict.fromkeys(ACCOUNTING_KEYS, 0)
+    produced_by: dict[str, tuple[int, bool]] = {}
+    """Producer process -> (samples it produced itself, whether it ended)."""
+    received_from: Counter[str] = Counter()
+    tracked = False
     found = False
-    for reply in last_replies.values():
-        counters = (reply.get("stats") or {}).get("accounting")
-        if not isinstance(counters, Mapping):
-            continue
-        found = True
-        for key in ACCOUNTING_KEYS:
-            totals[key] += int(counters.get(key, 0))
+    for replies in processes.values():
+        chain = [_counters(reply) for reply in replies]
+        # The newest process that took over counters covers every process before it.
+        first = max((i for i, counters in enumerate(chain) if counters and _restored(counters)), default=0)
+        for i, counters in enumerate(chain):
+            if counters is None:
+                continue
+            found = True
+            base = _restored(counters)
+            ended = i < len(chain) - 1
+            if isinstance(counters.get("received_from"), Mapping):
+                tracked = True  # what each process received is its own, covered or not
+                received_from.update(_by_source(counters["received_from"]))
+                received_from.subtract(_by_source(base.get("received_from")))
+            if counters.get("incarnation"):
+                own = _count(counters, "produced") - _count(base, "produced")
+                produced_by[str(counters["incarnation"])] = (own, ended)
+            if i < first:
+                continue
+            for key in ACCOUNTING_KEYS:
+                totals[key] += _count(counters, key)
+            if ended:
+                for key in HELD_KEYS:
+                    totals[key] -= _count(counters, key)
+                    totals["lost"] += _count(counters, key)
     if not found:
         return None
-    totals["in_flight_at_stop"] = (totals["produced"] - totals["received"]) + totals["buffered"]
+    lost_by_producers = 0
+    for incarnation, (produced, ended) in produced_by.items() if tracked else ():
+        delivered = received_from.get(incarnation, 0)
+        if ended and delivered > produced:
+            totals["produced"] += delivered - produced  # it posted more after its last status reply
+        elif ended:
+            lost_by_producers += produced - delivered
+    totals["lost"] += lost_by_producers
+    totals["in_flight_at_stop"] = (totals["produced"] - totals["received"] - lost_by_producers) + totals["buffered"]
     accounted = (totals["trained"] + totals["consumed"] + totals["dropped_stale"] + totals["dropped_dynamic"]
-                 + totals["lost"])
+                 + totals["lost"] - lost_by_producers)
     totals["balanced"] = (totals["received"] == accounted + totals["buffered"]
-                          and totals["received"] <= totals["produced"])
+                          and totals["received"] + lost_by_producers <= totals["produced"])
     return totals
+
+
+def _counters(reply: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    counters = (reply.get("stats") or {}).get("accounting")
+    return counters if isinstance(counters, Mapping) else None
+
+
+def _restored(counters: Mapping[str, Any]) -> Mapping[str, Any]:
+    restored = counters.get("restored")
+    return restored if isinstance(restored, Mapping) else {}
+
+
+def _count(counters: Mapping[str, Any], key: str) -> int:
+    return int(counters.get(key, 0))
+
+
+def _by_source(counts: Any) -> Counter[str]:
+    return Counter({str(k): int(v) for k, v in counts.items()}) if isinstance(counts, Mapping) else Counter()
 
 
 def accounting_text(totals: Mapping[str, Any]) -> str:
     verdict = "balanced" if totals["balanced"] else "DOES NOT BALANCE"
     consumed = f" + consumed {totals['consumed']}" if totals["consumed"] else ""
-    lost = f" + lost with a stopped trainer {totals['lost']}" if totals.get("lost") else ""
+    lost = f" + lost with stopped workers {totals['lost']}" if totals.get("lost") else ""
     return (f"sample accounting: produced {totals['produced']} = trained {totals['trained']}{consumed} + dropped "
             f"stale {totals['dropped_stale']} + dropped by dynamic sampling {totals['dropped_dynamic']}{lost} + in "
             f"flight at stop {totals['in_flight_at_stop']} ({verdict})")

@@ -6,9 +6,11 @@ expired keepalive, or no answer for `timeouts.lost_after_s`, is LOST; a name is 
 worker has not answered for `timeouts.keepalive_ttl_s`, since a restarted name service loses names that their
 workers then register again). A failed worker of a group with
 `restart=on_failure` is stopped at once and relaunched and reconfigured after `restart_backoff_s` (doubled for each
-further restart of it), up to `max_restarts` times, while the others keep running; otherwise the run stops, prints
-the worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and
-the trial's names are cleared before `run` returns.
+further restart of it), up to `max_restarts` times, while the others keep running. Beyond that, a worker of a group
+that may lose `max_failed` workers is stopped and the run goes on without it; otherwise the run stops, prints the
+worker's error and the tail of its log, and `run` returns 1. Whatever happens, every worker is stopped and the
+trial's names are cleared before `run` returns. The counters of a worker's ended processes still count in the
+sample accounting.
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ class WorkerState:
     """Requeued by the scheduler: it is configured and started again once its new process runs."""
     stale_address: str = ""
     """The control address of its process before the requeue, which its new process replaces."""
+    ended_replies: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The last status reply of each of its earlier processes, oldest first: their counters still count."""
+    given_up: bool = False
+    """Failed beyond its restarts in a group that may lose it (`max_failed`): the run goes on without it."""
+
+    def process_ended(self) -> None:
+        """Keep the last reply of a process that has ended, so the sample accounting still counts what it did."""
+        if self.last_reply:
+            self.ended_replies.append(self.last_reply)
+        self.last_reply = {}
 
 
 def restart_delay(backoff_s: float, restart: int) -> float:
@@ -211,7 +223,7 @@ class Controller:
         deadline = time.monotonic() + self.config.timeouts.register_s
         waiting = set(worker_ids)
         while waiting:
-            waiting = {w for w in waiting if self.workers[w].relaunch_at is None}
+            waiting = {w for w in waiting if self.workers[w].relaunch_at is None and not self.workers[w].given_up}
             for worker_id in sorted(waiting):
                 try:
                     address = self.resolver.get(self._control_name(worker_id))
@@ -266,7 +278,7 @@ class Controller:
 
     def _done(self) -> bool:
         groups = self.config.done_when or tuple(self.config.workers)
-        return all(s.status == "COMPLETED" for s in self.workers.values() if s.group in groups)
+        return all(s.status == "COMPLETED" for s in self.workers.values() if s.group in groups and not s.given_up)
 
     def _check_processes(self, restart: bool) -> None:
         self.job_states = self.scheduler.poll()
@@ -294,6 +306,7 @@ class Controller:
         if worker_id in self.client.workers:
             state.stale_address = self.client.address(worker_id)
             self.client.disconnect(worker_id)
+        state.process_ended()
         state.status, state.exiting, state.rejoining = "REQUEUED", True, True
 
     def _rejoin_due(self) -> None:
@@ -303,7 +316,7 @@ class Controller:
                 continue
             state.rejoining, state.exiting, state.status, state.last_reply = False, False, "LAUNCHED", {}
             self._wait_registered([worker_id], restart=True)
-            if state.relaunch_at is None:
+            if state.relaunch_at is None and not state.given_up:
                 self._start_again(worker_id)
 
     def _check_statuses(self) -> None:
@@ -372,6 +385,9 @@ class Controller:
         state = self.workers[worker_id]
         spec = self.config.workers[state.group]
         if not restart or spec.restart != "on_failure" or state.restarts >= spec.max_restarts:
+            if restart and self._may_lose(state.group):
+                self._give_up(worker_id, reason, error)
+                return
             state.status = "LOST" if reason.startswith("LOST") else "ERROR"
             state.exiting = not reason.startswith("it reported")  # a worker in ERROR still answers; others won't
             raise WorkerFailure(worker_id, reason, error)
@@ -384,9 +400,27 @@ class Controller:
         self._retire(worker_id, hung=reason.startswith("LOST"))
         state.relaunch_at = time.monotonic() + delay
 
-    def _retire(self, worker_id: str, hung: bool) -> None:
-        """Stop a failed worker's process and forget its address; it is relaunched once its backoff has passed."""
+    def _may_lose(self, group: str) -> bool:
+        lost = sum(s.given_up for s in self.workers.values() if s.group == group)
+        return lost < self.config.workers[group].max_failed
+
+    def _give_up(self, worker_id: str, reason: str, error: ErrorInfo | None) -> None:
+        """Stop a worker that failed for good, and go on with the other workers of its group."""
         state = self.workers[worker_id]
+        state.given_up = True
+        lost = sum(s.given_up for s in self.workers.values() if s.group == state.group)
+        self._say(f"worker {worker_id} failed ({reason}); the experiment goes on without it ({lost} of "
+                  f"workers.{state.group}.max_failed={self.config.workers[state.group].max_failed} failed)")
+        if error is not None:
+            self._say(f"  {error}")
+        self._retire(worker_id, hung=reason.startswith("LOST"))
+        state.status = "FAILED"
+
+    def _retire(self, worker_id: str, hung: bool) -> None:
+        """Stop a failed worker's process and forget its address (it is relaunched once its backoff has passed, or
+        given up)."""
+        state = self.workers[worker_id]
+        state.process_ended()
         state.status, state.exiting, state.rejoining = "RESTARTING", True, False
         # A hung process acts on no signal but SIGKILL, so it gets no grace period.
         self.scheduler.stop([worker_id], timeout=0 if hung else self.config.timeouts.stop_s)
@@ -407,7 +441,8 @@ class Controller:
         state.status, state.last_reply, state.exiting, state.relaunch_at = "LAUNCHED", {}, False, None
         self.scheduler.submit([worker_launch(self.config, self.paths, state.group, state.index)])
         self._wait_registered([worker_id], restart=True)
-        if state.relaunch_at is None:  # else it failed again before it registered, and waits for its next relaunch
+        # Else it failed again before it registered: it waits for its next relaunch, or was given up.
+        if state.relaunch_at is None and not state.given_up:
             self._start_again(worker_id)
 
     def _start_again(self, worker_id: str) -> None:
@@ -444,7 +479,7 @@ class Controller:
         except NameResolveError as exc:
             self._say(f"warning: could not clear the trial's names: {exc}")
         self.paths.control_key.unlink(missing_ok=True)  # no worker is left to read it
-        accounting = sample_accounting({w: s.last_reply for w, s in self.workers.items()})
+        accounting = sample_accounting({w: [*s.ended_replies, s.last_reply] for w, s in self.workers.items()})
         self._write_summary(code, accounting)
         try:
             self._report(accounting)
@@ -497,7 +532,8 @@ class Controller:
             "experiment": self.config.experiment, "trial": self.config.trial, "exit_code": code,
             "elapsed_s": time.monotonic() - self.started_at, "timeline_s": self.timeline,
             "sample_accounting": accounting,
-            "workers": {w: {"status": s.status, "restarts": s.restarts, "last": s.last_reply}
+            "workers": {w: {"status": s.status, "restarts": s.restarts, "last": s.last_reply,
+                            "ended_processes": s.ended_replies}
                         for w, s in self.workers.items()},
         }
         self.paths.create()

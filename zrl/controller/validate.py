@@ -117,6 +117,9 @@ def _group_errors(config: ExperimentConfig, name: str) -> list[str]:
             errors.append(f"{key}.resources.{field}: must be >= {low}, got {getattr(group.resources, field)}")
     if group.max_restarts < 0:
         errors.append(f"{key}.max_restarts: must be >= 0, got {group.max_restarts}")
+    if not 0 <= group.max_failed < max(group.count, 1):
+        errors.append(f"{key}.max_failed: must be >= 0 and below count ({group.count}), so that a worker is left; "
+                      f"got {group.max_failed}")
     if not (math.isfinite(group.restart_backoff_s) and group.restart_backoff_s >= 0):
         errors.append(f"{key}.restart_backoff_s: must be a finite number >= 0, got {group.restart_backoff_s}")
     for i, other in enumerate(group.after):

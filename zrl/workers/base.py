@@ -28,6 +28,7 @@ import enum
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -103,6 +104,10 @@ class Worker:
         self.name_resolver = name_resolver
         self.logger = logging.getLogger(f"zrl.worker.{context.worker_id}")
         self.config: Any = None
+        self.incarnation = f"{context.worker_id}#{secrets.token_hex(4)}"
+        """Names this process of the worker (a relaunched worker gets a new one); producers stamp it on their samples
+        and report it under `accounting`, so the sample accounting tells samples lost with a process that ended
+        from those in flight (see zrl.controller.report)."""
         self._lock = threading.Lock()
         self._status = WorkerStatus.READY
         self._error: ErrorInfo | None = None

@@ -2,13 +2,13 @@
 
     producer --inference stream "echo"--> server (doubles each value) --> producer --sample stream--> consumer
 
-Every sample carries its producer and sequence number, so a consumer counts distinct samples (a relaunched
-producer starts again from 0, and its repeats count as duplicates) and checks every answer.
+Every sample carries its producer, the producer's process (`incarnation`) and sequence number, so a consumer counts
+distinct samples (a relaunched producer starts again from 0, and its repeats count as duplicates), what it received
+from each producer process, and checks every answer.
 """
 
 from __future__ import annotations
 
-import ctypes
 import time
 from typing import Any
 
@@ -23,16 +23,8 @@ from zrl.streams import (
     SocketConfig,
 )
 from zrl.workers.base import PollResult, Worker
+from zrl.workers.drills import deadlock_in_native_code
 from zrl.workers.echo_config import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
-
-
-def deadlock_in_native_code() -> None:
-    """Block this thread for good inside C code, as a deadlocked library would: it holds no GIL, and it never
-    returns to the interpreter, so Python signal handlers of this (main) thread never run."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    mutex = ctypes.create_string_buffer(64)  # all zeros: a default (non-recursive) pthread mutex
-    libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)
 
 
 class EchoServer(Worker):
@@ -82,8 +74,8 @@ class EchoProducer(Worker):
         # Counted before they are handed to the stream, so a consumer never reports more than was produced.
         self.next_seq = seqs[-1] + 1
         for seq, request_id in zip(seqs, ids, strict=True):
-            self.producer.post({"producer": self.context.worker_id, "seq": seq, "value": seq,
-                                "answer": answers[request_id]["value"]})
+            self.producer.post({"producer": self.context.worker_id, "incarnation": self.incarnation, "seq": seq,
+                                "value": seq, "answer": answers[request_id]["value"]})
         self.producer.flush()
         if 0 <= config.fail_after <= self.next_seq:
             raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
@@ -97,7 +89,8 @@ class EchoProducer(Worker):
         if not hasattr(self, "producer"):
             return {}
         posted = getattr(self, "next_seq", 0)
-        return {"posted": posted, "accounting": {"produced": posted}, "samples": self.producer.as_dict(),
+        return {"posted": posted, "accounting": {"produced": posted, "incarnation": self.incarnation},
+                "samples": self.producer.as_dict(),
                 "inference": self.client.as_dict()}
 
     def _close(self) -> None:
@@ -115,6 +108,7 @@ class EchoConsumer(Worker):
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
         self.seen: set[tuple[str, int]] = set()
         self.received = 0
+        self.received_from: dict[str, int] = {}
         self.duplicates = 0
         self.wrong_answers = 0
 
@@ -122,6 +116,8 @@ class EchoConsumer(Worker):
         samples = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
         self.received += len(samples)
         for sample in samples:
+            incarnation = str(sample.get("incarnation", ""))
+            self.received_from[incarnation] = self.received_from.get(incarnation, 0) + 1
             key = (str(sample["producer"]), int(sample["seq"]))
             if key in self.seen:
                 self.duplicates += 1
@@ -137,7 +133,8 @@ class EchoConsumer(Worker):
             return {}
         # Every sample taken is checked (a repeat is counted as a duplicate): all are consumed, none is buffered.
         return {"distinct": len(self.seen), "duplicates": self.duplicates, "wrong_answers": self.wrong_answers,
-                "accounting": {"received": self.received, "consumed": self.received},
+                "accounting": {"received": self.received, "consumed": self.received,
+                               "received_from": dict(self.received_from)},
                 "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:

@@ -4,6 +4,8 @@ Each poll it takes the waiting requests of every rollout worker (up to `max_batc
 call, and stamps every response with the version of the weights that produced it. Between polls it asks the
 parameter DB whether a newer version was published (the name service announces pushes) and loads it in place,
 without restarting the engine. The version it is loading is pinned, so garbage collection cannot delete it.
+A policy worker that is relaunched during a run loads the newest version that loads before it registers its
+inference address, so it never answers with the starting weights once the trainer has pushed.
 
 Request payload: {"prefix": [int], "max_new_tokens": int, "temperature": float, "top_p": float, "seed": int|None}.
 Response payload: {"tokens": [int], "logprobs": [float], "eos": bool, "version": int}, or {"error": str} for a
@@ -22,6 +24,9 @@ from zrl.streams import InferenceStreamConfig, NameResolvingInferenceServer, Req
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.treepo_common import model_path, open_paramdb, set_threads
 from zrl.workers.treepo_config import PolicyConfig
+
+LOAD_ATTEMPTS = 3
+"""Listings of the parameter DB a starting policy worker reads when versions vanish (garbage-collected) under it."""
 
 
 def request_from_payload(payload: Any, request_id: str) -> GenerationRequest:
@@ -47,21 +52,23 @@ class PolicyWorker(Worker):
 
         set_threads(config.threads)
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
+        self.model_name = config.model.name
         self.pin_holder = self.context.worker_id.replace("/", "-")
         self.engine = make_engine(config.engine.kind, model_path(config.model), version=0,
                                   **config.engine.engine_kwargs())
+        self.counts = {"requests": 0, "refused": 0, "engine_calls": 0, "reloads": 0, "reload_failures": 0}
+        self.generate_s = 0.0
+        self.reload_s = 0.0
+        self.first_version_served: int | None = None
+        self.failed_version = -1
+        self._load_newest(config)
         self.server = NameResolvingInferenceServer(
             self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial,
                                                        config.inference_stream),
             InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream)
         self.next_version_check = 0.0
-        self.failed_version = -1
-        self.counts = {"requests": 0, "refused": 0, "engine_calls": 0, "reloads": 0, "reload_failures": 0}
-        self.generate_s = 0.0
-        self.reload_s = 0.0
 
     def _poll(self) -> PollResult:
-        # The first poll checks at once, so a restarted policy worker serves the newest weights, not the initial.
         self._load_newer()
         requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
         if not requests:
@@ -95,9 +102,38 @@ class PolicyWorker(Worker):
             return
         self.generate_s += time.perf_counter() - started
         self.counts["engine_calls"] += 1
+        if self.first_version_served is None:
+            self.first_version_served = results[0].version
         for (request, _), result in zip(batch, results, strict=True):
             answers[request.id] = {"tokens": result.token_ids, "logprobs": result.logprobs, "eos": result.eos,
                                    "version": result.version}
+
+    def _load_newest(self, config: PolicyConfig) -> None:
+        """Load the newest version in the parameter DB, passing over corrupt ones for older ones; none yet: keep the
+        starting weights. Raises RuntimeError when versions exist but none loads."""
+        model = config.model.name
+        failures: list[str] = []
+        for _ in range(LOAD_ATTEMPTS):
+            versions = self.paramdb.list_versions(model)
+            if not versions:
+                return
+            vanished = False
+            for version in reversed(versions):
+                try:
+                    self._load(config, version)
+                    return
+                except VersionNotFoundError:
+                    vanished = True  # garbage-collected since the listing: newer versions exist
+                except (ParamDBError, ValueError, OSError) as exc:
+                    self.counts["reload_failures"] += 1
+                    self.failed_version = max(self.failed_version, version)
+                    failures.append(f"version {version}: {exc}")
+                    self.logger.error("cannot load model %r version %d, trying an older one: %s", model, version, exc)
+            if not vanished:
+                break
+        raise RuntimeError(f"no version of model {model!r} in {self.paramdb.model_dir(model)} could be loaded, and "
+                           f"this policy worker will not serve the starting weights instead: "
+                           + ("; ".join(failures) or f"they were garbage-collected {LOAD_ATTEMPTS} times in a row"))
 
     def _load_newer(self) -> None:
         now = time.monotonic()
@@ -108,21 +144,24 @@ class PolicyWorker(Worker):
         version = self.paramdb.newer_version(model, max(self.engine.version, self.failed_version))
         if version is None:
             return
-        started = time.perf_counter()
         try:
-            self.paramdb.pin(model, version, self.pin_holder)
-            loaded = self.paramdb.fetch(model, version, as_path=self.config.engine.kind == "vllm")
-            self.engine.load_weights(loaded.path if loaded.state_dict is None else loaded.state_dict, version,
-                                     adopt=True)
+            self._load(self.config, version)
         except VersionNotFoundError as exc:
             self.logger.info("version %d vanished before it was loaded (%s); a newer one follows", version, exc)
-            return
         except (ParamDBError, ValueError, OSError) as exc:
             self.counts["reload_failures"] += 1
             self.failed_version = version
             self.logger.error("cannot load model %r version %d, still serving version %d: %s", model, version,
                               self.engine.version, exc)
-            return
+
+    def _load(self, config: PolicyConfig, version: int) -> None:
+        """Pin `version` (so garbage collection keeps it) and load it into the engine in place."""
+        model = config.model.name
+        started = time.perf_counter()
+        self.paramdb.pin(model, version, self.pin_holder)
+        loaded = self.paramdb.fetch(model, version, as_path=config.engine.kind == "vllm")
+        self.engine.load_weights(loaded.path if loaded.state_dict is None else loaded.state_dict, version,
+                                 adopt=True)
         self.reload_s += time.perf_counter() - started
         self.counts["reloads"] += 1
         self.logger.info("serving version %d (loaded in %.3f s)", version, time.perf_counter() - started)
@@ -130,7 +169,8 @@ class PolicyWorker(Worker):
     def _stats(self) -> dict[str, Any]:
         if not hasattr(self, "server"):
             return {}
-        return {**self.counts, "version": self.engine.version, "generate_s": round(self.generate_s, 3),
+        return {**self.counts, "version": self.engine.version, "first_version_served": self.first_version_served,
+                "generate_s": round(self.generate_s, 3),
                 "reload_s": round(self.reload_s, 3), "stream": self.server.as_dict()}
 
     def _close(self) -> None:
@@ -139,4 +179,4 @@ class PolicyWorker(Worker):
         if hasattr(self, "engine"):
             self.engine.close()
         if hasattr(self, "paramdb"):
-            self.paramdb.unpin(self.config.model.name, self.pin_holder)
+            self.paramdb.unpin(self.model_name, self.pin_holder)

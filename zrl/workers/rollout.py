@@ -17,8 +17,10 @@ continues its shard where it stood (only the trees in flight when it stopped are
 worker of a new controller run of the same trial (resume) also takes over the produced-sample counters saved there,
 so the sample accounting covers the whole trial; one relaunched within a run counts from zero, as a new incarnation.
 
-Sample payload: {"tree": TreeResult.to_dict(), "producer": worker id, "epoch": int, "shard_position": int (the
-problem's position in the shard), "gen_s": float, "reward_s": float}.
+Sample payload: {"tree": TreeResult.to_dict(), "problem_uid": str, "producer": worker id, "incarnation": str,
+"epoch": int, "shard_position": int (the problem's position in the shard), "gen_s": float, "reward_s": float};
+`incarnation` names this process (a relaunched worker gets a new one), so the trainer counts what reached it from
+each and the sample accounting tells lost samples from those in flight.
 """
 
 from __future__ import annotations
@@ -210,7 +212,8 @@ class RolloutWorker(Worker):
         self.verifier.score_trajectories(tree.trajectories, {tree.uid: problem.answer}, self.tokenizer.decode,
                                          self.config.tree.cap)
         return {"tree": tree.to_dict(), "problem_uid": problem.uid, "producer": self.context.worker_id,
-                "epoch": epoch, "shard_position": position, "gen_s": gen_s, "reward_s": time.perf_counter() - started}
+                "incarnation": self.incarnation, "epoch": epoch, "shard_position": position, "gen_s": gen_s,
+                "reward_s": time.perf_counter() - started}
 
     def _post_scored(self) -> int:
         done, pending = [], []
@@ -282,7 +285,8 @@ class RolloutWorker(Worker):
         return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version,
                 "shard_position": self.cursor.position, "trees_in_progress": self.sampler.in_progress,
                 "trees_scoring": len(self.scored), "verifier": vars(self.verifier.stats),
-                "accounting": {"produced": self.counts["trajectories_posted"], **self._restored()},
+                "accounting": {"produced": self.counts["trajectories_posted"], "incarnation": self.incarnation,
+                               **self._restored()},
                 "samples": self.producer.as_dict(), "inference": self.client.as_dict()}
 
     def _close(self) -> None:

@@ -43,6 +43,7 @@ from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train
 from zrl.rl.tree import TreeResult, merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
 from zrl.workers.base import PollResult, Worker
+from zrl.workers.drills import deadlock_in_native_code
 from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trainer_group
 from zrl.workers.treepo_common import (
     FINAL_TAG,
@@ -68,6 +69,7 @@ class ReceivedTree:
         self.tree = tree
         self.oldest_version = min((min(t.versions) for t in tree.trajectories if t.versions), default=0)
         self.producer = str(sample.get("producer", ""))
+        self.incarnation = str(sample.get("incarnation", ""))
         self.shard_position = int(sample.get("shard_position", -1))
         self.gen_s = float(sample.get("gen_s", 0.0))
         self.reward_s = float(sample.get("reward_s", 0.0))
@@ -128,6 +130,8 @@ class TrainerWorker(Worker):
         self.wait_s = 0.0
         self.in_step = 0
         self.drops_by_producer: dict[str, int] = {}
+        self.received_from: dict[str, int] = {}
+        """Trajectories received from each producer process (for the sample accounting)."""
         self.unpublished_drops: set[str] = set()
         self._take_over(config, progress)
 
@@ -252,6 +256,7 @@ class TrainerWorker(Worker):
                     self.logger.warning("dropping a malformed sample (further ones are only counted): %s", exc)
                 continue
             self.accounting["received"] += item.size
+            self.received_from[item.incarnation] = self.received_from.get(item.incarnation, 0) + item.size
             if self.config.advantage.dynamic_sampling and not dynamic_sampling(item.tree.trajectories).kept:
                 self.accounting["dropped_dynamic"] += item.size
                 self._dropped_tree(item)
@@ -293,6 +298,9 @@ class TrainerWorker(Worker):
     def _train(self, batch: list[ReceivedTree]) -> None:
         config = self.config
         trajectories = [t for b in batch for t in b.tree.trajectories]
+        if self.step + 1 == config.hang_at_step:
+            self.logger.warning("drill: hang_at_step=%d: deadlocking inside this training step", config.hang_at_step)
+            deadlock_in_native_code()
         metrics = train_step(self.model, self.optimizer, self.scheduler, trajectories, self.step_config,
                              self.pad_id, on_policy_version=self.version, collective=self.group)
         staleness = [self.version - b.oldest_version for b in batch]
@@ -327,6 +335,7 @@ class TrainerWorker(Worker):
             "time_reward_s": float(np.mean([b.reward_s for b in batch])),
             "time_sync_s": sync_s, "time_checkpoint_s": checkpoint_s, "time_wait_s": self.wait_s, "step_s": step_s,
             "elapsed_s": now - self.started,
+            "trees": _trees_by_incarnation(batch),
         })
         self.wait_s = 0.0
         self.metrics.write("train", self.step, metrics)
@@ -361,7 +370,7 @@ class TrainerWorker(Worker):
         if not hasattr(self, "consumer"):
             return stats  # a follower (rank 0 counts every sample of the group, once), or still configuring
         buffered = sum(b.size for b in self.buffer) + self.in_step
-        accounting = {**self.accounting, "buffered": buffered}
+        accounting = {**self.accounting, "buffered": buffered, "received_from": dict(self.received_from)}
         if self.restored:
             accounting["restored"] = self.restored
         return {**stats, "resumed_from": self.resumed_from, "headline": self.headline, "accounting": accounting,
@@ -373,6 +382,14 @@ class TrainerWorker(Worker):
             self.metrics.close()
         if getattr(self, "group", None) is not None:
             self.group.close()
+
+
+def _trees_by_incarnation(batch: list[ReceivedTree]) -> dict[str, list[str]]:
+    """The uids (problem@epoch) of a step's trees by the process (`incarnation`) that produced them."""
+    trees: dict[str, list[str]] = {}
+    for item in batch:
+        trees.setdefault(item.incarnation, []).append(item.tree.uid)
+    return trees
 
 
 def _duration(seconds: float) -> str:

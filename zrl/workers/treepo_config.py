@@ -167,6 +167,8 @@ class TrainerConfig:
     collective; a trainer whose peer died or hangs fails after at most this."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
+    hang_at_step: int = -1
+    """A drill for stall detection: deadlock for good inside the training step that makes this version (-1: never)."""
 
     def __post_init__(self) -> None:
         for name in ("save_every", "keep_checkpoints", "push_every"):
