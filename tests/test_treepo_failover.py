@@ -183,8 +183,10 @@ def test_a_rollout_worker_killed_mid_run_is_relaunched_and_the_accounting_balanc
     trees = trained_trees(run)
     assert set(trees) <= {before["incarnation"], after["incarnation"]} and after["incarnation"] in trees, trees
     assert sum(sum(counts.values()) for counts in trees.values()) == steps * PROMPTS_PER_STEP
-    # Within one process no tree is trained twice.
-    assert all(count == 1 for counts in trees.values() for count in counts.values()), trees
+    # The relaunched process continued the shard where the killed one stood: no tree was trained twice (the trees the
+    # killed process had in flight are started again by no one).
+    trained = Counter(uid for counts in trees.values() for uid in counts.elements())
+    assert max(trained.values()) == 1, trees
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 120)
