@@ -11,7 +11,7 @@ from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
-TOTAL_STEPS = 400
+TOTAL_STEPS = 500
 PROMPTS_PER_STEP = 8
 MAX_STALENESS = 2
 LEARNING_RATE = 3e-5
@@ -75,7 +75,7 @@ def experiment() -> ExperimentConfig:
                                            resources=Resources(cpus=1, memory_mb=2048)),
             "rollout": WorkerGroupConfig(
                 type="rollout", after=("policy", "trainer", "evaluator"), resources=Resources(cpus=1, memory_mb=2048),
-                config=RolloutConfig(tree=TreeSamplerConfig(width=16, segment_len=16, max_depth=4),
+                config=RolloutConfig(tree=TreeSamplerConfig(width=8, segment_len=16, max_depth=4),
                                      prompts_per_step=PROMPTS_PER_STEP, max_staleness=MAX_STALENESS)),
         },
     )
