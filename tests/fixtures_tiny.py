@@ -31,3 +31,21 @@ def full_forward_logprobs(model, prefix: list[int], tokens: list[int]) -> list[f
         logits = model(torch.tensor([prefix + tokens], device=device)).logits[0].float().cpu()
     table = torch.log_softmax(logits, dim=-1)
     return [table[len(prefix) - 1 + i, token].item() for i, token in enumerate(tokens)]
+
+
+def save_random_model(path: Path) -> Path:
+    """A randomly initialised two-layer Qwen2 over the tiny model's character tokenizer, saved at `path`: for tests
+    whose checks do not depend on trained weights (it builds in a second)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from zrl.rl.tiny_model import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from fixtures_tiny import save_random_model
 
 from zrl.engines.hf import HFEngine, HFEngineConfig
 from zrl.rl.synthetic import generate_problems
-from zrl.rl.tiny_model import load_tokenizer, make_tokenizer
+from zrl.rl.tiny_model import load_tokenizer
 from zrl.rl.tree import TreeSampler, TreeSamplerConfig
 from zrl.rl.verifier import Verdict, Verifier, VerifierConfig
 
@@ -27,16 +27,7 @@ def _teacher_forced_logprobs(model, prompt: list[int], response: list[int]) -> l
 
 @pytest.fixture(scope="module")
 def random_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("random-qwen2")
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("random-qwen2"))
 
 
 def test_tree_sampling_end_to_end_with_the_hf_engine(random_model_dir):

@@ -8,12 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from fixtures_tiny import save_random_model
+from transformers import Qwen2ForCausalLM
 
 from zrl.engines.hf import HFEngine, HFEngineConfig
 from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.synthetic import generate_problems
-from zrl.rl.tiny_model import load_tokenizer, make_tokenizer
+from zrl.rl.tiny_model import load_tokenizer
 from zrl.rl.train_step import OptimizerConfig, StepConfig, collate, make_optimizer, token_logprobs, train_step
 from zrl.rl.tree import TreeSampler, TreeSamplerConfig
 from zrl.rl.tree_packing import pack_trees, packed_token_logprobs
@@ -21,16 +22,7 @@ from zrl.rl.tree_packing import pack_trees, packed_token_logprobs
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("random-qwen2")
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("random-qwen2"))
 
 
 @pytest.fixture(scope="module")
