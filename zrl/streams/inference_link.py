@@ -7,6 +7,7 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from zrl.streams.curve import CurveKeys
 from zrl.streams.sockets import SocketConfig, connect_monitored_socket, has_message
 
 _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -19,10 +20,10 @@ class ServerLink:
     on a monitor socket, which `connection_lost` reads.
     """
 
-    def __init__(self, context: zmq.Context, config: SocketConfig, address: str):
+    def __init__(self, context: zmq.Context, config: SocketConfig, address: str, curve: CurveKeys | None = None):
         self.address = address
         self.socket, self._monitor = connect_monitored_socket(context, zmq.DEALER, config, address, _EVENTS,
-                                                              immediate=True)
+                                                              immediate=True, curve=curve)
         self.created_at = time.monotonic()
         self.connected = False
         self._lost = False

@@ -53,7 +53,8 @@ class PolicyWorker(Worker):
         self.server = NameResolvingInferenceServer(
             self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial,
                                                        config.inference_stream),
-            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream)
+            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream,
+            curve=self.context.curve)
         self.next_version_check = 0.0
         self.failed_version = -1
         self.counts = {"requests": 0, "refused": 0, "engine_calls": 0, "reloads": 0, "reload_failures": 0}
