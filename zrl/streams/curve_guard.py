@@ -10,6 +10,7 @@ counted in the socket's `StreamCounters` as `refused.<kind>` (and in their sum `
     server_key    the client uses CURVE with another server key: it does not hold the trial's keys
     client_key    the client completed the handshake with a client key that is not the trial's (ZAP said no)
     handshake     any other failed handshake: a malformed ZMTP command, or a handshake that broke off or timed out
+                  (a plain client that sees the mismatch first hangs up: it may show as this instead of not_curve)
 
 A peer whose first bytes are no ZMTP 3 greeting (say, an HTTP request) is disconnected without a handshake event, so
 it is not counted. One thread per context serves the ZAP socket and the monitors; it ends when the context is
