@@ -256,7 +256,7 @@ def _raw_echo_server(address: str, ready: Any, curve: bool = False) -> None:
     context.term()
 
 
-def _codec_echo_server(address: str, ready: Any) -> None:
+def _codec_echo_server(address: str, ready: Any, curve: bool = False) -> None:
     """A raw ROUTER echo that also decodes each request and encodes its reply with zrl.wire."""
     import zmq
 
@@ -264,6 +264,8 @@ def _codec_echo_server(address: str, ready: Any) -> None:
 
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
+    if curve:
+        _raw_curve(sock, server=True)
     sock.bind(address)
     ready.set()
     while True:
@@ -317,13 +319,15 @@ def _request_payload() -> dict[str, Any]:
     return {"prefix": np.arange(32, dtype=np.int64), "max_new_tokens": 16}  # 256 B of token ids
 
 
-def _latencies_codec(address: str, calls: int) -> list[float]:
+def _latencies_codec(address: str, calls: int, curve: bool = False) -> list[float]:
     import zmq
 
     from zrl import wire
 
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
+    if curve:
+        _raw_curve(sock, server=False)
     sock.connect(address)
     payload = _request_payload()
     times = []
@@ -442,18 +446,23 @@ def curve_report(repeats: int, scale: int) -> str:
                             "CURVE on / off", "raw pyzmq plain", "raw CURVE / plain"], rows)
 
     calls = LATENCY_CALLS // scale
-    latencies: dict[str, list[tuple[float, float]]] = {"zrl curve": [], "raw curve": [], "zrl plain": []}
+    latencies: dict[str, list[tuple[float, float]]] = {"zrl curve": [], "raw curve": [], "codec curve": [],
+                                                       "zrl plain": []}
     for _ in range(repeats):
         latencies["raw curve"].append(_latency(_raw_echo_server, _latencies_raw, calls, curve=True))
         latencies["zrl curve"].append(_latency(_zrl_echo_server, _latencies_zrl, calls, curve=True))
+        latencies["codec curve"].append(_latency(_codec_echo_server, _latencies_codec, calls, curve=True))
         latencies["zrl plain"].append(_latency(_zrl_echo_server, _latencies_zrl, calls))
-    (our_p50, our_p99), (raw_p50, raw_p99), (plain_p50, plain_p99) = (_medians(pairs) for pairs in latencies.values())
+    medians = {name: _medians(pairs) for name, pairs in latencies.items()}
     latency = markdown_table(
         ["inference round trip (256 B)", "zrl, CURVE on", "raw CURVE DEALER-ROUTER echo", "zrl / raw CURVE",
-         "zrl, CURVE off", "CURVE on / off"],
-        [[name, f"{ours * 1e6:.0f} us", f"{raw * 1e6:.0f} us", f"{ours / raw:.2f}x", f"{plain * 1e6:.0f} us",
-          f"{ours / plain:.2f}x"]
-         for name, ours, raw, plain in (("p50", our_p50, raw_p50, plain_p50), ("p99", our_p99, raw_p99, plain_p99))])
+         "raw CURVE echo + wire codec", "zrl / (raw CURVE + codec)", "zrl, CURVE off", "CURVE on / off"],
+        [[name, *(f"{medians[variant][i] * 1e6:.0f} us" for variant in ("zrl curve", "raw curve")),
+          f"{medians['zrl curve'][i] / medians['raw curve'][i]:.2f}x", f"{medians['codec curve'][i] * 1e6:.0f} us",
+          f"{medians['zrl curve'][i] / medians['codec curve'][i]:.2f}x", f"{medians['zrl plain'][i] * 1e6:.0f} us",
+          f"{medians['zrl curve'][i] / medians['zrl plain'][i]:.2f}x"]
+         for i, name in enumerate(("p50", "p99"))])
+    our_p50, raw_p50 = medians["zrl curve"][0], medians["raw curve"][0]
     checks = [("sample 1 MiB with CURVE >= 0.9x raw CURVE bytes/s", ratios["1 MiB"] >= 0.9),
               ("sample 1 KiB with CURVE >= 0.5x raw CURVE msg/s", ratios["1 KiB"] >= 0.5),
               ("inference p50 with CURVE <= 1.3x raw CURVE echo", our_p50 / raw_p50 <= 1.3)]

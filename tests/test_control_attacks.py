@@ -233,6 +233,8 @@ def test_with_curve_no_command_sample_request_or_fake_server_gets_through_each_i
     for where, counts in refusals.items():
         assert refused_each_intruder(counts), (where, counts)
         assert counts["garbage"] == 0 and counts.get("rejected", 0) == 0, (where, counts)  # nothing reached the code
+    for producer in ("producer/0", "producer/1"):  # their handshakes with the fake server failed, and were counted
+        assert stats[producer]["stats"]["inference"].get("refused", 0) >= 1, stats[producer]["stats"]["inference"]
     for worker in WORKERS:
         log = (run.run_dir / "logs" / f"{worker.replace('/', '-')}.log").read_text()
         for kind in ("server_key", "client_key"):

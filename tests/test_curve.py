@@ -140,6 +140,8 @@ def test_an_inference_server_answers_only_clients_with_the_keys(intruders):
         assert server.poll_requests(10, timeout=0.5) == []
         assert server.as_dict()["received"] == 1 and server.as_dict()["garbage"] == 0
         assert stranger.as_dict()["sent"] == 0  # its socket never connected, so nothing left it
+        stranger.poll_responses(timeout=0.2)
+        assert stranger.as_dict()["refused"] >= 1  # a client, too, counts the handshakes that failed
         stranger.close()
 
 
@@ -173,9 +175,9 @@ def test_the_control_channel_with_curve_answers_only_clients_with_the_keys():
 
 def test_servers_of_two_trials_in_one_context_each_take_only_their_own_clients():
     context = zmq.Context()
+    consumers = {keys.server_public: IpSampleConsumer(context=context, curve=keys) for keys in (KEYS, OTHER)}
+    ours, theirs = consumers.values()
     try:
-        ours = IpSampleConsumer(context=context, curve=KEYS)
-        theirs = IpSampleConsumer(context=context, curve=OTHER)
         for consumer, keys in ((ours, KEYS), (theirs, OTHER)):
             with IpSampleProducer(consumer.address, SampleStreamConfig(batch_bytes=1), context=context,
                                   curve=keys) as producer:
@@ -185,12 +187,12 @@ def test_servers_of_two_trials_in_one_context_each_take_only_their_own_clients()
         with IpSampleProducer(theirs.address, SampleStreamConfig(batch_bytes=1, full_policy="drop"), context=context,
                               curve=KEYS) as producer:
             producer.post({"misdelivered": True}, flush=True)
+            assert eventually(lambda: theirs.as_dict().get("refused.server_key", 0) >= 1)
         assert theirs.consume(10, timeout=0.5) == []
-        assert eventually(lambda: theirs.as_dict().get("refused.server_key", 0) >= 1)
         assert ours.as_dict().get("refused", 0) == 0
-        ours.close()
-        theirs.close()
     finally:
+        for consumer in consumers.values():
+            consumer.close()
         context.term()  # ends the guard's thread; a hang here fails the test by its timeout
 
 

@@ -33,8 +33,8 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _MONITORED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
               | zmq.EVENT_MONITOR_STOPPED)
 _PROTOCOL_ERRORS = {
-    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: ("not_curve", "the peer does not use CURVE"),
-    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: ("server_key", "the peer uses CURVE with another server key"),
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: ("not_curve", "one peer uses CURVE, the other does not"),
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: ("server_key", "the client's server key is not the server's"),
 }
 _WAKE_MS = 50
 """How often the guard thread looks for newly guarded sockets."""
@@ -78,6 +78,8 @@ class CurveGuard:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+        # Without a ZAP handler ZeroMQ would let in any CURVE client; with this, it lets in none (fails closed).
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         # Attached before the socket binds, so no refusal goes unseen; read by the guard thread from now on.
         self._new_monitors.put((sock.get_monitor_socket(_MONITORED), domain))
 
@@ -99,15 +101,21 @@ class CurveGuard:
         poller.register(zap, zmq.POLLIN)
         monitors: dict[zmq.Socket, bytes] = {}
         try:
-            while True:
+            while not zap.closed:
                 self._take_new_monitors(poller, monitors)
-                for sock, _ in poller.poll(_WAKE_MS):
-                    if sock is zap:
-                        self._answer(zap)
-                    else:
-                        self._read_monitor(sock, monitors, poller)
-        except zmq.ZMQError:
-            pass  # the context was terminated (or its sockets destroyed): nothing is left to guard
+                try:
+                    for sock, _ in poller.poll(_WAKE_MS):
+                        if sock is zap:
+                            self._answer(zap)
+                        else:
+                            self._read_monitor(sock, monitors, poller)
+                except zmq.ContextTerminated:
+                    return  # nothing is left to guard
+                except zmq.ZMQError:
+                    # A socket closed under the guard (Context.destroy closes every socket from its own thread).
+                    for monitor in [monitor for monitor in monitors if monitor.closed]:
+                        poller.unregister(monitor)
+                        self._domains.pop(monitors.pop(monitor), None)
         finally:
             self._take_new_monitors(None, monitors)
             for monitor in monitors:
@@ -154,12 +162,20 @@ class CurveGuard:
                 return
             guarded = self._domains.get(domain)
             if guarded is not None:
-                kind, detail = _refusal(event["event"], event["value"])
+                kind, detail = handshake_refusal(event["event"], event["value"])
                 guarded.refused(kind, f"{detail} (on {event['endpoint'].decode(errors='replace')})")
 
 
-def _refusal(event: int, value: int) -> tuple[str, str]:
-    """The kind and description of a failed handshake that a monitor reported."""
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+"""The monitor events of a failed handshake, on either end of a connection."""
+
+
+def handshake_refusal(event: int, value: int) -> tuple[str, str]:
+    """The kind and description of a failed handshake that a monitor reported (seen from either end: on a client,
+    `not_curve` and `server_key` say the server does not use CURVE or does not hold the trial's server key)."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "client_key", f"the server refused this client's key (ZAP status {value})"
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return "handshake", f"a handshake broke off or timed out ({errno.errorcode.get(value, value)})"
     return _PROTOCOL_ERRORS.get(value, ("handshake", f"a malformed handshake (ZMTP protocol error {value:#x})"))

@@ -115,7 +115,10 @@ class InferenceClient(InferenceClientBase):
 
     def _maintain(self) -> None:
         for server in list(self._servers.values()):
-            if server.connection_lost():
+            lost = server.connection_lost()
+            for kind, detail in server.refusals():
+                self.counters.refused(kind, f"server {server.address}: {detail}")
+            if lost:
                 # Its requests went with the connection: a new one gets a new identity, so no answer can come back.
                 self._requeue(server, list(server.outstanding), f"lost the connection to server {server.address} "
                               f"(closed, or no heartbeat for {self.config.sockets.heartbeat_timeout_s} s)")

@@ -169,7 +169,7 @@ class StreamCounters:
 
     def refused(self, kind: str, detail: str) -> None:
         """Count a connection refused at the CURVE handshake (`zrl.streams.curve_guard` names the kinds); log the first
-        of each kind. Called from the guard's thread only, which alone writes these keys."""
+        of each kind. For a bound socket, only its guard's thread calls this, so it alone writes these keys."""
         self._counts["refused"] += 1
         self._counts[f"refused.{kind}"] += 1
         if f"refused.{kind}" not in self._logged_kinds:
