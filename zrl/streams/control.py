@@ -25,6 +25,10 @@ worker's socket is bound like every stream's (`zrl.streams.sockets.bind_socket`)
 options. The client checks the signature and recipient of every reply, matches replies to requests by id, and
 discards late replies to a request that already timed out; refused and malformed ones are counted in
 `ControlClient.counters`.
+
+With `curve` on both ends (`security.curve=on`, `zrl.streams.curve`), a peer without the trial's CURVE keys gets no
+connection at all, and the server counts it as `refused.<kind>`; the signature stays, against replays and for runs
+with CURVE off.
 """
 
 from __future__ import annotations
