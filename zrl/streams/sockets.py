@@ -160,22 +160,19 @@ class StreamCounters:
     def rejected(self, kind: str, detail: str) -> None:
         """Count a message refused as not authentic (unsigned, forged, misdirected, stale, replayed); log the first
         of each kind."""
-        self._counts["rejected"] += 1
-        self._counts[f"rejected.{kind}"] += 1
-        if f"rejected.{kind}" not in self._logged_kinds:
-            self._logged_kinds.add(f"rejected.{kind}")
-            self.logger.warning("stream %s: rejected a message (%s): %s; further ones are only counted",
-                                self.stream, kind, detail)
+        self._count_refusal("rejected", kind, "rejected a message", detail)
 
     def refused(self, kind: str, detail: str) -> None:
         """Count a connection refused at the CURVE handshake (`zrl.streams.curve_guard` names the kinds); log the first
         of each kind. For a bound socket, only its guard's thread calls this, so it alone writes these keys."""
-        self._counts["refused"] += 1
-        self._counts[f"refused.{kind}"] += 1
-        if f"refused.{kind}" not in self._logged_kinds:
-            self._logged_kinds.add(f"refused.{kind}")
-            self.logger.warning("stream %s: refused a connection (%s): %s; further ones are only counted",
-                                self.stream, kind, detail)
+        self._count_refusal("refused", kind, "refused a connection", detail)
+
+    def _count_refusal(self, counter: str, kind: str, what: str, detail: str) -> None:
+        self._counts[counter] += 1
+        self._counts[f"{counter}.{kind}"] += 1
+        if f"{counter}.{kind}" not in self._logged_kinds:
+            self._logged_kinds.add(f"{counter}.{kind}")
+            self.logger.warning("stream %s: %s (%s): %s; further ones are only counted", self.stream, what, kind, detail)
 
     def dropped(self, kind: str, amount: int, detail: str) -> None:
         """Count well-formed items that were dropped on purpose (full queue, duplicate); log the first of each kind."""
