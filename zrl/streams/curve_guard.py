@@ -14,7 +14,8 @@ counted in the socket's `StreamCounters` as `refused.<kind>` (and in their sum `
 
 A peer whose first bytes are no ZMTP 3 greeting (say, an HTTP request) is disconnected without a handshake event, so
 it is not counted. One thread per context serves the ZAP socket and the monitors; it ends when the context is
-terminated.
+terminated. A guarded socket lets in no client at all while no ZAP handler answers (`ZMQ_ZAP_ENFORCE_DOMAIN`): it
+fails closed.
 """
 
 from __future__ import annotations
