@@ -26,7 +26,7 @@ lint: $(STAMP)
 bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-packing
 
 bench-streams: $(STAMP)
-	$(PY) benchmarks/streams.py
+	$(PY) benchmarks/streams.py $(ARGS)
 
 bench-controller: $(STAMP)
 	$(PY) benchmarks/controller.py

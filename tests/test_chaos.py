@@ -21,6 +21,8 @@ from test_controller_e2e import ControllerRun, check_samples, signal_if_alive
 from test_nameresolve import eventually
 
 from zrl.nameresolve import NameEntryNotFoundError, NameResolver, make_name_resolver, names
+from zrl.streams.control_key_file import control_key_path, read_control_key
+from zrl.streams.curve import CurveKeys, secure_client
 
 PRODUCERS = 2
 PER_PRODUCER = 400
@@ -84,7 +86,8 @@ def test_echo_demo_survives_chaos_and_accounts_for_every_sample(chaos_run: Contr
         redis_server.restart(downtime=0.1)  # shorter than any keepalive refresh period
         time.sleep(FREEZE_S)
     ports = wait_for_bound_ports(resolver, run)
-    flood(flooder, ports, garbage_messages(FLOOD_MESSAGES))
+    insider_keys = CurveKeys.derive(read_control_key(control_key_path(run.run_dir)))
+    flood(flooder, ports, garbage_messages(FLOOD_MESSAGES), insider_keys)
     assert run.process.poll() is None, f"the run ended before the chaos did; lengthen it:\n{run.output}"
 
     assert run.wait(timeout=80) == 0, run.output
@@ -169,11 +172,13 @@ def garbage_messages(count: int, seed: int = 0) -> list[list[bytes]]:
     return messages
 
 
-def flood(context: zmq.Context, ports: dict[str, str], messages: list[list[bytes]]) -> None:
-    """Queue every message to every port at once, each from a peer of the right socket type that stays connected."""
+def flood(context: zmq.Context, ports: dict[str, str], messages: list[list[bytes]], keys: CurveKeys) -> None:
+    """Queue every message to every port at once, each from a peer of the right socket type that stays connected.
+    The peers hold the trial's CURVE keys, so the garbage gets past the handshake to the decoders."""
     sockets = []
     for key, address in ports.items():
         sock = context.socket(zmq.PUSH if "/sample_stream/" in key else zmq.DEALER)
+        secure_client(sock, keys)
         sock.setsockopt(zmq.SNDHWM, len(messages) + 1)
         sock.setsockopt(zmq.SNDTIMEO, 10_000)
         sock.connect(address)

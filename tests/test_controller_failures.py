@@ -15,6 +15,7 @@ from zrl.controller.runner import restart_delay
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control import ControlClient
 from zrl.streams.control_key_file import control_key_path, read_control_key
+from zrl.streams.curve import CurveKeys
 
 # A run long enough to be hit mid-way: 2 producers x 10 batches, each batch followed by a 0.15 s pause.
 SLOW = ("workers.producer.config.num_samples=100", "workers.producer.config.batch_size=10",
@@ -220,7 +221,8 @@ def test_a_worker_paused_and_never_resumed_stops_the_run(tmp_path: Path):
     run = ControllerRun(tmp_path, *SLOW, "timeouts.poll_stall_s=2")
     run.wait_for_output("workers RUNNING")
     resolver = make_name_resolver(f"file://{run.run_dir / 'names'}")
-    client = ControlClient(run.trial, sender="operator", key=read_control_key(control_key_path(run.run_dir)))
+    key = read_control_key(control_key_path(run.run_dir))
+    client = ControlClient(run.trial, sender="operator", key=key, curve=CurveKeys.derive(key))
     try:
         client.connect("consumer/0", resolver.get(names.worker_control("echo", run.trial, "consumer/0")))
         assert client.request("consumer/0", "pause", timeout=5)["consumer/0"].ok

@@ -1,5 +1,6 @@
-"""Secrets stay where they belong: the control key and the name service's password appear in no file, argv, log or
-output other than the ones meant to hold them, and the run directory is private."""
+"""Secrets stay where they belong: the control key, the CURVE secret keys derived from it and the name service's
+password appear in no file, argv, log, name or output other than the ones meant to hold them, and the run directory is
+private."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from test_controller_e2e import ECHO, ControllerRun, check_counts
 
 from zrl.config import NAME_RESOLVE_PASSWORD_ENV
 from zrl.streams.control_key_file import control_key_path, read_control_key
+from zrl.streams.curve import CurveKeys
 
 SLOW = ("workers.producer.config.batch_size=10", "workers.producer.config.interval_s=0.1")
 
@@ -24,20 +26,27 @@ def worker_argv(run: ControllerRun) -> list[bytes]:
     return [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in run.worker_pids().values()]
 
 
-def test_the_control_key_is_a_private_file_and_in_no_argv_log_config_or_summary(tmp_path: Path):
+def test_the_control_and_curve_keys_are_in_a_private_file_only_not_in_argv_names_logs_config_or_summary(
+        tmp_path: Path):
     run = ControllerRun(tmp_path, *SLOW)
     run.wait_for_output("workers RUNNING")
     key_file = control_key_path(run.run_dir)
     assert key_file.stat().st_mode & 0o777 == 0o600
-    secret = read_control_key(key_file).hex().encode()
+    key = read_control_key(key_file)
+    curve = CurveKeys.derive(key)
+    secrets = {"control key": key.hex().encode(), "CURVE server secret": curve.server_secret,
+               "CURVE client secret": curve.client_secret}
     argv = worker_argv(run)
-    assert len(argv) == 4 and not any(secret in args for args in argv)
+    assert len(argv) == 4 and [what for what, secret in secrets.items() if any(secret in a for a in argv)] == []
+    names = files_under(run.run_dir / "names")
+    assert names and [what for what, secret in secrets.items() if any(secret in d for d in names.values())] == []
     assert run.wait() == 0, run.output
     check_counts(run.summary(), 2, 200)
     assert run.run_dir.stat().st_mode & 0o777 == 0o700
     assert (run.run_dir / "names").stat().st_mode & 0o777 == 0o700
     assert not key_file.exists()  # removed once no worker needs it
-    leaks = [path for path, data in files_under(tmp_path).items() if secret in data]
+    leaks = [(what, str(path)) for path, data in files_under(tmp_path).items()
+             for what, secret in secrets.items() if secret in data]
     assert leaks == []  # logs, config.json, summary.json, the controller's output
 
 

@@ -23,6 +23,7 @@ PARENT_PID_ENV = "ZRL_PARENT_PID"
 RestartPolicy = Literal["never", "on_failure"]
 ResumePolicy = Literal["never", "auto"]
 SchedulerName = Literal["local", "slurm"]
+CurveSetting = Literal["off", "on"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,13 @@ class ControllerTimeouts:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    curve: CurveSetting = "on"
+    """ZeroMQ CURVE on every socket of the run (inference, sample and control): encrypted, and only processes
+    holding the trial's key connect; 'off' leaves the data streams open to anyone who reaches their ports."""
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     experiment: str = ""
     """Experiment name: the first part of every name-service key and of the run directory."""
@@ -134,6 +142,8 @@ class ExperimentConfig:
     """Controller waits and failure-detection bounds."""
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     """Options of the slurm scheduler."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """Protection of the run's sockets."""
     workers: dict[str, WorkerGroupConfig] = field(default_factory=dict)
     """Worker groups by name."""
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)

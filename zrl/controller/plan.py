@@ -91,7 +91,7 @@ def worker_launch(config: ExperimentConfig, paths: RunPaths, group: str, index: 
             "--host", config.worker_host,
             "--keepalive-ttl", f"{config.timeouts.keepalive_ttl_s:g}",
             "--controller-lease", f"{config.timeouts.controller_lease_s:g}",
-            "--exit-grace", f"{config.timeouts.exit_grace_s:g}",
+            "--exit-grace", f"{config.timeouts.exit_grace_s:g}", "--curve", config.security.curve,
             "--group-size", str(spec.count), "--run-dir", str(paths.root.resolve()))
     return WorkerLaunch(group=group, index=index, argv=argv,
                         env={"PYTHONUNBUFFERED": "1", NAME_RESOLVE_ENV: name_resolve_url(config, paths),

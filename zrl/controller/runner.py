@@ -52,6 +52,7 @@ from zrl.redact import redact_plain
 from zrl.streams.control import ControlClient, ControlReply, ErrorInfo
 from zrl.streams.control_auth import ControlKey
 from zrl.streams.control_key_file import write_control_key
+from zrl.streams.curve import CurveKeys
 
 LOG_TAIL_LINES = 30
 STATUS_TIMEOUT_S = 1.0
@@ -136,7 +137,8 @@ class Controller:
         self.out = out
         self.control_key = ControlKey.generate()
         """This run's secret: workers take only control requests signed with it (see zrl.streams.control_auth)."""
-        self.client = ControlClient(config.trial, sender="controller", key=self.control_key)
+        self.client = ControlClient(config.trial, sender="controller", key=self.control_key,
+                                    curve=CurveKeys.derive(self.control_key) if config.security.curve == "on" else None)
         self.workers: dict[str, WorkerState] = {
             names.worker_id(group, i): WorkerState(group, i)
             for group, spec in config.workers.items() for i in range(spec.count)}

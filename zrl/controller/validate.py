@@ -12,6 +12,7 @@ from pathlib import Path
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
+from zrl.streams.curve import require_curve
 from zrl.workers.registry import UnknownWorkerTypeError, config_class
 
 
@@ -83,6 +84,11 @@ def validate(config: ExperimentConfig) -> None:
         for target in targets:
             if not key_exists(config, target):
                 errors.append(f"aliases.{alias}: {target!r} is not a key of this experiment")
+    if config.security.curve == "on":
+        try:
+            require_curve()
+        except RuntimeError as exc:
+            errors.append(f"security.curve: {exc}")
     if not config.progress_interval_s >= 0 or not math.isfinite(config.progress_interval_s):
         errors.append(f"progress_interval_s: must be a finite number >= 0, got {config.progress_interval_s}")
     if not any(".after[" in error for error in errors):

@@ -25,6 +25,10 @@ worker's socket is bound like every stream's (`zrl.streams.sockets.bind_socket`)
 options. The client checks the signature and recipient of every reply, matches replies to requests by id, and
 discards late replies to a request that already timed out; refused and malformed ones are counted in
 `ControlClient.counters`.
+
+With `curve` on both ends (`security.curve=on`, `zrl.streams.curve`), a peer without the trial's CURVE keys gets no
+connection at all, and the server counts it as `refused.<kind>`; the signature stays, against replays and for runs
+with CURVE off.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import zmq
 
 from zrl import wire
 from zrl.streams.control_auth import MAX_MESSAGE_AGE_S, ControlKey, ReplayGuard, new_nonce
+from zrl.streams.curve import CurveKeys
 from zrl.streams.sockets import (
     BoundEndpoint,
     SocketConfig,
@@ -171,20 +176,21 @@ def _open(frames: list[bytes], key: ControlKey, recipient: str) -> tuple[dict[st
 
 class ControlServer(BoundEndpoint):
     """The worker's end: a ROUTER bound to `host` on a free port; `recv` yields authentic requests signed with `key`,
-    `reply` answers them.
+    `reply` answers them. With `curve`, only clients holding the trial's CURVE keys connect at all.
 
     Not thread-safe: use it from one thread (the worker's control thread).
     """
 
     def __init__(self, trial: str, sender: str, host: str = "127.0.0.1", context: zmq.Context | None = None, *,
-                 key: ControlKey, max_age_s: float = MAX_MESSAGE_AGE_S):
+                 key: ControlKey, max_age_s: float = MAX_MESSAGE_AGE_S, curve: CurveKeys | None = None):
         self.trial = trial
         self.sender = sender
         self._key = key
         self._guard = ReplayGuard(max_age_s)
         self.counters = StreamCounters("control", logger)
         self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.ROUTER,
-                                                 replace(CONTROL_SOCKETS, bind_host=host))
+                                                 replace(CONTROL_SOCKETS, bind_host=host), counters=self.counters,
+                                                 curve=curve)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
 
@@ -254,16 +260,17 @@ class ControlServer(BoundEndpoint):
 
 class ControlClient:
     """The controller's end: one DEALER per worker; `request` addresses one worker, a group, or all of them, with
-    requests signed by `key`, and takes only replies signed by it.
+    requests signed by `key`, and takes only replies signed by it. With `curve`, it connects as a CURVE client.
 
     Not thread-safe: use it from one thread.
     """
 
     def __init__(self, trial: str, sender: str = "controller", context: zmq.Context | None = None, *,
-                 key: ControlKey):
+                 key: ControlKey, curve: CurveKeys | None = None):
         self.trial = trial
         self.sender = sender
         self._key = key
+        self._curve = curve
         self._context = context or zmq.Context.instance()
         self.counters = StreamCounters("control", logger)
         self._sockets: dict[str, zmq.Socket] = {}
@@ -279,7 +286,7 @@ class ControlClient:
     def connect(self, worker_id: str, address: str) -> None:
         """Talk to `worker_id` at `address` from now on (a new socket, so replies to an older incarnation are lost)."""
         self.disconnect(worker_id)
-        self._sockets[worker_id] = connect_socket(self._context, zmq.DEALER, CONTROL_SOCKETS, address)
+        self._sockets[worker_id] = connect_socket(self._context, zmq.DEALER, CONTROL_SOCKETS, address, curve=self._curve)
         self._addresses[worker_id] = address
 
     def disconnect(self, worker_id: str) -> None:

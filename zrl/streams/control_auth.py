@@ -60,6 +60,11 @@ class ControlKey:
     def verify(self, signature: bytes, frames: Sequence[Any]) -> bool:
         return hmac.compare_digest(signature, self.sign(frames))
 
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte secret for `purpose`, derived from this key (HMAC-SHA256 of a label, as HKDF-Expand does): the
+        trial's other secrets follow from its one key, and none of them reveals the key or another."""
+        return hmac.digest(self._secret, f"zrl derived key: {purpose}".encode(), "sha256")
+
     def __repr__(self) -> str:
         return "ControlKey(***)"
 

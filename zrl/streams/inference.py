@@ -29,7 +29,8 @@ waited, so this is no loss), `received` (first responses),
 `cancelled` (given up by the caller before any response), `dropped.duplicate` and
 `dropped.cancelled_response`. A server counts `received`, `sent`, `dropped.unroutable` (client gone or full)
 and `dropped.unencodable`. Both drop messages that do not decode, lack fields or are too large, and
-count them as `garbage.<kind>`.
+count them as `garbage.<kind>`. With CURVE (`zrl.streams.curve`), a server counts each connection it refused as
+`refused.<kind>`, and a client each failed handshake with a server (one that does not hold the trial's keys).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import zmq
 
 from zrl import wire
 from zrl.nameresolve import NameResolver, SubtreeView
+from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
@@ -29,13 +30,15 @@ _CANCELLED_REMEMBERED = 65536
 
 
 class InferenceClient(InferenceClientBase):
-    """Sends requests to the servers at `addresses`, spreading them by fewest outstanding requests."""
+    """Sends requests to the servers at `addresses`, spreading them by fewest outstanding requests; with `curve`,
+    only to servers holding the trial's keys."""
 
     def __init__(self, addresses: Sequence[str], config: InferenceStreamConfig | None = None, *,
-                 name: str = "inference", context: zmq.Context | None = None):
+                 name: str = "inference", context: zmq.Context | None = None, curve: CurveKeys | None = None):
         super().__init__(StreamCounters(name, logger))
         self.config = config or InferenceStreamConfig()
         self._context = context or zmq.Context.instance()
+        self._curve = curve
         self._servers: dict[str, ServerLink] = {}
         self._payloads: dict[int, Any] = {}
         self._owner: dict[int, str] = {}
@@ -90,7 +93,7 @@ class InferenceClient(InferenceClientBase):
             self._requeue(server, list(server.outstanding), f"server {address} left the name service")
         for address in addresses:
             if address not in self._servers:
-                server = ServerLink(self._context, self.config.sockets, address)
+                server = ServerLink(self._context, self.config.sockets, address, self._curve)
                 self._servers[address] = server
                 self._poller.register(server.socket, zmq.POLLIN)
 
@@ -112,7 +115,10 @@ class InferenceClient(InferenceClientBase):
 
     def _maintain(self) -> None:
         for server in list(self._servers.values()):
-            if server.connection_lost():
+            lost = server.connection_lost()
+            for kind, detail in server.refusals():
+                self.counters.refused(kind, f"server {server.address}: {detail}")
+            if lost:
                 # Its requests went with the connection: a new one gets a new identity, so no answer can come back.
                 self._requeue(server, list(server.outstanding), f"lost the connection to server {server.address} "
                               f"(closed, or no heartbeat for {self.config.sockets.heartbeat_timeout_s} s)")
@@ -283,10 +289,10 @@ class NameResolvingInferenceClient(InferenceClient):
     """
 
     def __init__(self, resolver: NameResolver, root: str, config: InferenceStreamConfig | None = None, *,
-                 name: str = "inference", context: zmq.Context | None = None):
+                 name: str = "inference", context: zmq.Context | None = None, curve: CurveKeys | None = None):
         config = config or InferenceStreamConfig()
         self._view = SubtreeView(resolver, root, config.resolve_interval_s)
-        super().__init__(self._view.values(), config, name=name, context=context)
+        super().__init__(self._view.values(), config, name=name, context=context, curve=curve)
 
     def _refresh_servers(self, force: bool = False) -> None:
         if force:

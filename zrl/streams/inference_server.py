@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
@@ -27,14 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 class InferenceServer(BoundEndpoint):
-    """Serves an inference stream at a fixed `address` (or a free port on `bind_host`): the Ip variant."""
+    """Serves an inference stream at a fixed `address` (or a free port on `bind_host`): the Ip variant.
+
+    With `curve`, only clients holding the trial's keys connect (`zrl.streams.curve`)."""
 
     def __init__(self, config: InferenceStreamConfig | None = None, *, address: str | None = None,
-                 name: str = "inference", context: zmq.Context | None = None):
+                 name: str = "inference", context: zmq.Context | None = None, curve: CurveKeys | None = None):
         self.config = config or InferenceStreamConfig()
         self.counters = StreamCounters(name, logger)
         self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.ROUTER,
-                                                 self.config.sockets, address)
+                                                 self.config.sockets, address, counters=self.counters, curve=curve)
         # Fail a send to a vanished or full client instead of silently discarding it, so it is counted.
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._ready: deque[Request] = deque()
@@ -97,6 +100,7 @@ class NameResolvingInferenceServer(RegisteredMixin, InferenceServer):
     """A server that registers its address under `root` with a keepalive TTL, so clients find it."""
 
     def __init__(self, resolver: Any, root: str, config: InferenceStreamConfig | None = None, *,
-                 address: str | None = None, name: str = "inference", context: zmq.Context | None = None):
-        super().__init__(config, address=address, name=name, context=context)
+                 address: str | None = None, name: str = "inference", context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None):
+        super().__init__(config, address=address, name=name, context=context, curve=curve)
         self._register(resolver, root, self.config.keepalive_ttl_s)

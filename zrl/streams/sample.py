@@ -24,7 +24,8 @@ in exactly one of these, once per target (each consumer under broadcast, else on
     dropped.unencodable      `zrl.wire` cannot encode it
 
 `dropped` is the sum of the `dropped.*` counters. A consumer counts `received` samples and
-`garbage.<kind>` messages (undecodable, not_a_sample_batch, too_large). Samples still queued in
+`garbage.<kind>` messages (undecodable, not_a_sample_batch, too_large), and with CURVE (`zrl.streams.curve`) each
+connection it refused as `refused.<kind>`: a producer without the trial's keys sends it nothing. Samples still queued in
 ZeroMQ when their consumer dies are lost without a count: `sent` minus the consumers' `received`
 is what was in flight or lost.
 """

@@ -9,6 +9,7 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.curve import CurveKeys
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig
 from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, oversized, receive_batch
@@ -16,16 +17,17 @@ from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, over
 logger = logging.getLogger(__name__)
 
 
-
 class SampleConsumer(BoundEndpoint):
-    """Binds a PULL socket (at `address`, or a free port on `bind_host`) and drains samples from producers."""
+    """Binds a PULL socket (at `address`, or a free port on `bind_host`) and drains samples from producers.
+
+    With `curve`, only producers holding the trial's keys connect (`zrl.streams.curve`)."""
 
     def __init__(self, config: SampleStreamConfig | None = None, *, address: str | None = None,
-                 name: str = "sample", context: zmq.Context | None = None):
+                 name: str = "sample", context: zmq.Context | None = None, curve: CurveKeys | None = None):
         self.config = config or SampleStreamConfig()
         self.counters = StreamCounters(name, logger)
         self._socket, self.address = bind_socket(context or zmq.Context.instance(), zmq.PULL,
-                                                 self.config.sockets, address)
+                                                 self.config.sockets, address, counters=self.counters, curve=curve)
         self._ready: deque[Any] = deque()
         self._closed = False
 
@@ -53,8 +55,9 @@ class NameResolvingSampleConsumer(RegisteredMixin, SampleConsumer):
     """A consumer that registers its address under `root` with a keepalive TTL, so producers find it."""
 
     def __init__(self, resolver: Any, root: str, config: SampleStreamConfig | None = None, *,
-                 address: str | None = None, name: str = "sample", context: zmq.Context | None = None):
-        super().__init__(config, address=address, name=name, context=context)
+                 address: str | None = None, name: str = "sample", context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None):
+        super().__init__(config, address=address, name=name, context=context, curve=curve)
         self._register(resolver, root, self.config.keepalive_ttl_s)
 
 

@@ -12,6 +12,7 @@ import zmq
 
 from zrl import wire
 from zrl.nameresolve import NameResolver, SubtreeView
+from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig, StreamFullError, approx_nbytes
 from zrl.streams.sockets import StreamCounters, connect_socket, send_frames
@@ -23,13 +24,15 @@ class SampleProducer:
     """Pushes samples to consumers, batching them until `batch_bytes` or `batch_max_samples` is reached.
 
     Call `flush()` at the end of a unit of work: buffered samples are sent only when a batch fills,
-    on `flush()` and on `close()`.
+    on `flush()` and on `close()`. With `curve`, samples go only to consumers holding the trial's keys.
     """
 
     def __init__(self, addresses: Sequence[str], config: SampleStreamConfig | None = None, *,
-                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
+                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None):
         self.config = config or SampleStreamConfig()
         self.broadcast = broadcast
+        self._curve = curve
         self.counters = StreamCounters(name, logger)
         self._context = context or zmq.Context.instance()
         self._buffer: list[Any] = []
@@ -197,11 +200,12 @@ class SampleProducer:
             for address in removed:
                 self._sockets.pop(address).close(options.linger_ms)
             for address in added:
-                self._sockets[address] = connect_socket(self._context, zmq.PUSH, options, address)
+                self._sockets[address] = connect_socket(self._context, zmq.PUSH, options, address, curve=self._curve)
         else:
             if not self._sockets:
                 # IMMEDIATE: queue only to consumers whose connection is up, so a dead one gets no share.
-                self._sockets["*"] = connect_socket(self._context, zmq.PUSH, options, added[0], immediate=True)
+                self._sockets["*"] = connect_socket(self._context, zmq.PUSH, options, added[0], immediate=True,
+                                                    curve=self._curve)
                 added = added[1:]
             sock = self._sockets["*"]
             for address in removed:
@@ -238,11 +242,12 @@ class NameResolvingSampleProducer(SampleProducer):
     """
 
     def __init__(self, resolver: NameResolver, root: str, config: SampleStreamConfig | None = None, *,
-                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None):
+                 broadcast: bool = False, name: str = "sample", context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None):
         config = config or SampleStreamConfig()
         self._view = SubtreeView(resolver, root, config.resolve_interval_s)
         self._vanished_at: dict[str, float] = {}
-        super().__init__(self._view.values(), config, broadcast=broadcast, name=name, context=context)
+        super().__init__(self._view.values(), config, broadcast=broadcast, name=name, context=context, curve=curve)
 
     def _refresh_consumers(self) -> None:
         self._set_addresses(self._registered_or_recently_vanished(self._view.values()))

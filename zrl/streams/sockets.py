@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from zrl.streams.curve import CurveKeys, secure_client, secure_server
 from zrl.wire import WireError
 
 _MAX_HEARTBEAT_TTL_S = 6553.0  # ZMQ_HEARTBEAT_TTL travels in tenths of a second in a 16-bit field
@@ -71,11 +72,17 @@ def _apply(sock: zmq.Socket, config: SocketConfig) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, int(config.heartbeat_timeout_s * 1000))
 
 
-def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
-                address: str | None = None) -> tuple[zmq.Socket, str]:
-    """Bind a new socket to `address` (default: a free TCP port on `bind_host`); return it and its connect address."""
+def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str | None = None, *,
+                counters: StreamCounters, curve: CurveKeys | None = None) -> tuple[zmq.Socket, str]:
+    """Bind a new socket to `address` (default: a free TCP port on `bind_host`); return it and its connect address.
+
+    With `curve`, the socket is a CURVE server that lets in only the trial's clients, and counts the connections it
+    refuses in `counters` (`zrl.streams.curve`).
+    """
     sock = context.socket(socket_type)
     _apply(sock, config)
+    if curve is not None:
+        secure_server(sock, curve, counters)
     try:
         sock.bind(address or f"tcp://{config.bind_host}:*")
     except zmq.ZMQError as exc:
@@ -90,25 +97,30 @@ def bind_socket(context: zmq.Context, socket_type: int, config: SocketConfig,
 
 
 def connect_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str,
-                   immediate: bool = False) -> zmq.Socket:
-    """Create a socket of `socket_type` connected to `address` (`immediate`: queue only to completed connections)."""
-    sock = _unconnected_socket(context, socket_type, config, immediate)
+                   immediate: bool = False, curve: CurveKeys | None = None) -> zmq.Socket:
+    """Create a socket of `socket_type` connected to `address` (`immediate`: queue only to completed connections;
+    `curve`: connect only to a server holding the trial's keys, as a client holding them)."""
+    sock = _unconnected_socket(context, socket_type, config, immediate, curve)
     sock.connect(address)
     return sock
 
 
 def connect_monitored_socket(context: zmq.Context, socket_type: int, config: SocketConfig, address: str,
-                             events: int, immediate: bool = False) -> tuple[zmq.Socket, zmq.Socket]:
+                             events: int, immediate: bool = False,
+                             curve: CurveKeys | None = None) -> tuple[zmq.Socket, zmq.Socket]:
     """`connect_socket`, and a monitor socket for `events`, attached before the connection starts so it misses none."""
-    sock = _unconnected_socket(context, socket_type, config, immediate)
+    sock = _unconnected_socket(context, socket_type, config, immediate, curve)
     monitor = sock.get_monitor_socket(events)
     sock.connect(address)
     return sock, monitor
 
 
-def _unconnected_socket(context: zmq.Context, socket_type: int, config: SocketConfig, immediate: bool) -> zmq.Socket:
+def _unconnected_socket(context: zmq.Context, socket_type: int, config: SocketConfig, immediate: bool,
+                        curve: CurveKeys | None) -> zmq.Socket:
     sock = context.socket(socket_type)
     _apply(sock, config)
+    if curve is not None:
+        secure_client(sock, curve)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     return sock
@@ -148,12 +160,19 @@ class StreamCounters:
     def rejected(self, kind: str, detail: str) -> None:
         """Count a message refused as not authentic (unsigned, forged, misdirected, stale, replayed); log the first
         of each kind."""
-        self._counts["rejected"] += 1
-        self._counts[f"rejected.{kind}"] += 1
-        if f"rejected.{kind}" not in self._logged_kinds:
-            self._logged_kinds.add(f"rejected.{kind}")
-            self.logger.warning("stream %s: rejected a message (%s): %s; further ones are only counted",
-                                self.stream, kind, detail)
+        self._count_refusal("rejected", kind, "rejected a message", detail)
+
+    def refused(self, kind: str, detail: str) -> None:
+        """Count a connection refused at the CURVE handshake (`zrl.streams.curve_guard` names the kinds); log the first
+        of each kind. For a bound socket, only its guard's thread calls this, so it alone writes these keys."""
+        self._count_refusal("refused", kind, "refused a connection", detail)
+
+    def _count_refusal(self, counter: str, kind: str, what: str, detail: str) -> None:
+        self._counts[counter] += 1
+        self._counts[f"{counter}.{kind}"] += 1
+        if f"{counter}.{kind}" not in self._logged_kinds:
+            self._logged_kinds.add(f"{counter}.{kind}")
+            self.logger.warning("stream %s: %s (%s): %s; further ones are only counted", self.stream, what, kind, detail)
 
     def dropped(self, kind: str, amount: int, detail: str) -> None:
         """Count well-formed items that were dropped on purpose (full queue, duplicate); log the first of each kind."""

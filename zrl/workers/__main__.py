@@ -6,7 +6,8 @@
 The controller builds this command for every worker; run it by hand only to debug one worker. The worker registers
 its control address in the name service and waits for `configure` and `start` on the control channel, taking only
 requests signed with the trial's control key: the file named by $ZRL_CONTROL_KEY_FILE (the controller writes
-{run_dir}/control.key), or the hex key in $ZRL_CONTROL_KEY.
+{run_dir}/control.key), or the hex key in $ZRL_CONTROL_KEY. With --curve on (the default) all its sockets use the
+CURVE keys derived from that key.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import get_args
 
-from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts
+from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts, CurveSetting, SecurityConfig
 from zrl.hosts import node_address
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control_key_file import CONTROL_KEY_ENV, ControlKeyError, load_control_key
+from zrl.streams.curve import CurveKeys
 from zrl.workers.base import WorkerContext
 from zrl.workers.lifeline import Lifeline
 from zrl.workers.registry import worker_class
@@ -49,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="exit once the controller's lease name has lapsed for this many seconds (0: never)")
     parser.add_argument("--exit-grace", type=float, default=ControllerTimeouts.exit_grace_s,
                         help="seconds to exit cleanly once the controller is gone, before a hard exit")
+    parser.add_argument("--curve", choices=get_args(CurveSetting), default=SecurityConfig.curve,
+                        help="ZeroMQ CURVE on every socket, with keys derived from the control key (security.curve)")
     return parser.parse_args(argv)
 
 
@@ -64,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         control_key = load_control_key(os.environ)
-    except ControlKeyError as exc:
+        curve = CurveKeys.derive(control_key) if args.curve == "on" else None
+    except (ControlKeyError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ.pop(CONTROL_KEY_ENV, None)  # processes this worker starts do not inherit the key
     context = WorkerContext(args.experiment, args.trial, args.group, args.index, host, args.keepalive_ttl,
-                            args.group_size, args.run_dir, control_key)
+                            args.group_size, args.run_dir, control_key, curve)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {context.worker_id} %(name)s: %(message)s")
     cls = worker_class(args.type)

@@ -13,7 +13,8 @@ even during a long `_poll`; pause and exit take effect when that `_poll` returns
 user code and are executed by the main thread between polls. After an error the worker keeps serving control,
 so the controller can read the error (type, message, traceback) from `status` before it sends `exit`. Only requests
 signed with the trial's key (`WorkerContext.control_key`) are taken; refused ones are counted under `control` in
-every status reply.
+every status reply. With `WorkerContext.curve`, the control socket, and every stream a worker type opens with it,
+lets in only peers holding the trial's CURVE keys.
 
 A status reply carries the worker's counters: its polls, samples and batches, what `_stats()` returns, and under
 `control` what its control socket dropped as malformed (`garbage.<kind>`).
@@ -38,6 +39,7 @@ from zrl.config import from_plain
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolver, names
 from zrl.streams.control import ControlRequest, ControlServer, ErrorInfo
 from zrl.streams.control_auth import ControlKey
+from zrl.streams.curve import CurveKeys
 
 
 class CommandRejected(RuntimeError):
@@ -83,6 +85,9 @@ class WorkerContext:
     the current directory."""
     control_key: ControlKey | None = None
     """The trial's key: the worker takes only control requests signed with it. Required by `Worker.run`."""
+    curve: CurveKeys | None = None
+    """The trial's CURVE keys (security.curve=on): the control socket uses them, and worker types pass them to the
+    streams they open; None: plain sockets."""
 
     @property
     def worker_id(self) -> str:
@@ -163,7 +168,7 @@ class Worker:
             raise ValueError(f"worker {self.context.worker_id} has no control key (WorkerContext.control_key): it "
                              "would take no command, as only requests signed with the trial's key are taken")
         self._control = ControlServer(self.context.trial, self.context.worker_id, self.context.host,
-                                      key=self.context.control_key)
+                                      key=self.context.control_key, curve=self.context.curve)
         control_thread = threading.Thread(target=self._serve_control, name="control", daemon=True)
         control_thread.start()
         self.name_resolver.add(self.control_name, self._control.address,

@@ -33,7 +33,8 @@ class EchoServer(Worker):
     def _configure(self, config: EchoServerConfig) -> None:
         self.server = NameResolvingInferenceServer(
             self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial, config.stream),
-            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.stream)
+            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.stream,
+            curve=self.context.curve)
 
     def _poll(self) -> PollResult:
         requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
@@ -57,10 +58,10 @@ class EchoProducer(Worker):
         experiment, trial = self.context.experiment, self.context.trial
         self.client = NameResolvingInferenceClient(
             self.name_resolver, names.inference_stream(experiment, trial, config.inference_stream),
-            name=config.inference_stream)
+            name=config.inference_stream, curve=self.context.curve)
         self.producer = NameResolvingSampleProducer(
             self.name_resolver, names.sample_stream(experiment, trial, config.sample_stream),
-            SampleStreamConfig(), name=config.sample_stream)
+            SampleStreamConfig(), name=config.sample_stream, curve=self.context.curve)
         self.next_seq = 0
 
     def _poll(self) -> PollResult:
@@ -105,7 +106,8 @@ class EchoConsumer(Worker):
     def _configure(self, config: EchoConsumerConfig) -> None:
         self.consumer = NameResolvingSampleConsumer(
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
-            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
+            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream,
+            curve=self.context.curve)
         self.seen: set[tuple[str, int]] = set()
         self.received = 0
         self.received_from: dict[str, int] = {}

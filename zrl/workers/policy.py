@@ -65,7 +65,8 @@ class PolicyWorker(Worker):
         self.server = NameResolvingInferenceServer(
             self.name_resolver, names.inference_stream(self.context.experiment, self.context.trial,
                                                        config.inference_stream),
-            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream)
+            InferenceStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.inference_stream,
+            curve=self.context.curve)
         self.next_version_check = 0.0
 
     def _poll(self) -> PollResult:

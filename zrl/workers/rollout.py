@@ -78,10 +78,11 @@ class RolloutWorker(Worker):
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.client = NameResolvingInferenceClient(
             self.name_resolver, names.inference_stream(experiment, trial, config.inference_stream),
-            InferenceStreamConfig(request_timeout_s=config.request_timeout_s), name=config.inference_stream)
+            InferenceStreamConfig(request_timeout_s=config.request_timeout_s), name=config.inference_stream,
+            curve=self.context.curve)
         self.producer = NameResolvingSampleProducer(
             self.name_resolver, names.sample_stream(experiment, trial, config.sample_stream),
-            SampleStreamConfig(), name=config.sample_stream)
+            SampleStreamConfig(), name=config.sample_stream, curve=self.context.curve)
         self.verifier = Verifier(config.verifier, logger=self.logger)
         self.scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self.scored: list[Future] = []

@@ -117,7 +117,8 @@ class TrainerWorker(Worker):
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.consumer = NameResolvingSampleConsumer(
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
-            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream)
+            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream,
+            curve=self.context.curve)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
         self.buffer: deque[ReceivedTree] = deque()
         self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0,
