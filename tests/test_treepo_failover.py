@@ -19,6 +19,7 @@ from test_treepo_e2e import RUN_TIMEOUT_S, TreepoRun
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control import ControlClient
 from zrl.streams.control_key_file import control_key_path, read_control_key
+from zrl.streams.curve import CurveKeys
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,8 @@ def log_of(run: TreepoRun, worker: str) -> str:
 def command(run: TreepoRun, worker: str, verb: str) -> None:
     """Send `verb` (pause, resume) to `worker` as an operator holding the trial's key would."""
     resolver = make_name_resolver(f"file://{run.run_dir / 'names'}")
-    client = ControlClient(run.trial, sender="operator", key=read_control_key(control_key_path(run.run_dir)))
+    key = read_control_key(control_key_path(run.run_dir))
+    client = ControlClient(run.trial, sender="operator", key=key, curve=CurveKeys.derive(key))
     try:
         client.connect(worker, resolver.get(names.worker_control("treepo_math", run.trial, worker)))
         reply = client.request(worker, verb, timeout=10)[worker]
