@@ -49,6 +49,8 @@ def main(url: str, rank: int, world_size: int, steps: int, out: Path, die_after_
         except TrainerGroupError as exc:
             error = str(exc)
         (out / f"rank{rank}.json").write_text(json.dumps({"error": error, "after_s": time.monotonic() - started}))
+        group.close()  # as a failed trainer does: a broken group left to interpreter exit may abort in gloo
+        resolver.close()
         return
     group.broadcast_parameters(model)
     optimizer, scheduler = make_optimizer(model, STEP_CONFIG.optimizer)
