@@ -45,6 +45,7 @@ ALIASES = {
     "save_every": _each(("trainer",), "save_every"),
     "lr": _each(("trainer",), "lr"),
     "credit": _each(("trainer",), "advantage.credit"),
+    "advantage_scale": _each(("trainer",), "advantage.scale"),
     "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),
     "pack_trees": _each(("trainer",), "pack_trees"),
     "trainers": ("workers.trainer.count",),

@@ -185,3 +185,23 @@ def test_segment_credit_reaches_every_token_and_is_whitened():
     assert abs(whitened.mean()) < 1e-9 and abs(whitened.std() - 1.0) < 1e-6
     with pytest.raises(ValueError, match="credit='tokens' must be 'trajectory' or 'segment'"):
         AdvantageConfig(credit="tokens")
+
+
+def test_tree_scale_divides_each_tree_by_its_own_reward_std():
+    rare = _sampled_tree({1: 1.0, 2: -1.0})  # two trajectories, one right: std 1
+    first = [_traj("p", p, r, 2) for p, r in zip(PATHS, REWARDS, strict=True)]  # one right of four: std sqrt(3)/2
+    config = AdvantageConfig(scale="tree", tree_std_eps=1e-4)
+    got = batch_advantages(first, config)
+    raw = trajectory_advantages(first, AdvantageConfig())
+    std = float(np.std(REWARDS))
+    for tokens, advantage in zip(got, raw, strict=True):
+        np.testing.assert_allclose(tokens, [advantage / (std + 1e-4)] * 2)
+    # Trees are scaled separately: adding another tree leaves the first one's advantages as they were.
+    together = batch_advantages(first + rare, config)
+    for alone, mixed in zip(got, together[:4], strict=True):
+        np.testing.assert_allclose(alone, mixed)
+    # A tree whose rewards are all equal has zero advantages, not a division by zero.
+    uniform = _sampled_tree({1: -1.0, 2: -1.0})
+    assert all(np.all(tokens == 0) for tokens in batch_advantages(uniform, config))
+    with pytest.raises(ValueError, match="scale='group' must be 'batch' or 'tree'"):
+        AdvantageConfig(scale="group")

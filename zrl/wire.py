@@ -103,6 +103,11 @@ def decode(frames: Sequence[Any]) -> Any:
 def _decode(frames: Sequence[Any]) -> Any:
     if not isinstance(frames, Sequence) or len(frames) == 0:
         raise WireError("a message needs at least one frame (the msgpack body)")
+    if len(frames) == 1:
+        # Small messages (every inference request and response) have no buffer frames: one unpack with a hook
+        # made once, not the per-message closures that track buffer frames.
+        return _envelope_body(msgpack.unpackb(frames[0], ext_hook=_inline_ext_hook, raw=False,
+                                              strict_map_key=False, use_list=True))
     views = [memoryview(frame) for frame in frames]
     used = [False] * (len(views) - 1)
 
@@ -124,13 +129,31 @@ def _decode(frames: Sequence[Any]) -> Any:
         return _unpack_array(code, name, shape, data_ref if isinstance(data_ref, bytes) else take_frame(data_ref))
 
     envelope = msgpack.unpackb(views[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=True)
+    body = _envelope_body(envelope)
+    if not all(used):
+        raise WireError(f"{used.count(False)} of {len(used)} buffer frames are not referenced by the body")
+    return body
+
+
+def _envelope_body(envelope: Any) -> Any:
     if not isinstance(envelope, list) or len(envelope) != 2:
         raise WireError("frame 0 must be the msgpack array [version, body]")
     if envelope[0] != WIRE_VERSION:
         raise WireError(f"wire version {envelope[0]!r} is not the supported version {WIRE_VERSION}")
-    if not all(used):
-        raise WireError(f"{used.count(False)} of {len(used)} buffer frames are not referenced by the body")
     return envelope[1]
+
+
+def _inline_ext_hook(code: int, data: bytes) -> Any:
+    """The extension hook of a message without buffer frames: every array must carry its data inline."""
+    if code not in (EXT_NDARRAY, EXT_TENSOR):
+        raise WireError(f"unknown extension type {code}")
+    fields = msgpack.unpackb(data, use_list=True, raw=False)
+    if not isinstance(fields, list) or len(fields) != 3:
+        raise WireError("array extension must be [dtype, shape, data]")
+    name, shape, data_ref = fields
+    if not isinstance(data_ref, bytes):
+        raise WireError(f"array references frame {data_ref!r}, but the message has 0 buffer frames")
+    return _unpack_array(code, name, shape, data_ref)
 
 
 def _dtype_name(dtype: np.dtype) -> str:

@@ -22,6 +22,12 @@ class AdvantageConfig:
     """Whiten the token advantages over all response tokens of the batch."""
     whiten_eps: float = 1e-8
     """Added to the variance before the square root when whitening."""
+    scale: str = "batch"
+    """"batch": whiten (if `whiten`) over every response token of the batch; "tree": divide each tree's advantages
+    by the standard deviation of its rewards (plus `tree_std_eps`), as GRPO does per group, and do not whiten, so a
+    tree with one right answer in eight weighs as much as one with four."""
+    tree_std_eps: float = 1e-4
+    """Added to a tree's reward standard deviation under scale="tree"."""
     dynamic_sampling: bool = False
     """Drop prompts whose trajectories are all correct or all wrong (DAPO dynamic sampling)."""
     credit: str = "trajectory"
@@ -34,6 +40,10 @@ class AdvantageConfig:
             raise ValueError(f"AdvantageConfig.aggregate={self.aggregate!r} must be 'average' or 'size_weighted'")
         if self.credit not in ("trajectory", "segment"):
             raise ValueError(f"AdvantageConfig.credit={self.credit!r} must be 'trajectory' or 'segment'")
+        if self.scale not in ("batch", "tree"):
+            raise ValueError(f"AdvantageConfig.scale={self.scale!r} must be 'batch' or 'tree'")
+        if not self.tree_std_eps > 0:
+            raise ValueError(f"AdvantageConfig.tree_std_eps must be > 0, got {self.tree_std_eps!r}")
 
 
 def subgroup_advantages(paths: Sequence[Sequence[int]], rewards: Sequence[float], aggregate: str = "average",
@@ -178,9 +188,23 @@ def dynamic_sampling(trajectories: Sequence[Trajectory], correct_threshold: floa
 def batch_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig) -> list[np.ndarray]:
     """Per-token advantages of a training batch (dynamic sampling, if wanted, is applied by the caller first)."""
     if config.credit == "segment":
-        return whiten_tokens(segment_token_advantages(trajectories), config.whiten, config.whiten_eps)
-    advs = trajectory_advantages(trajectories, config)
-    return token_advantages(advs, [len(t.response_ids) for t in trajectories], config.whiten, config.whiten_eps)
+        per_token = segment_token_advantages(trajectories)
+    else:
+        advs = trajectory_advantages(trajectories, config)
+        per_token = [np.full(len(t.response_ids), a, dtype=np.float64) for t, a in zip(trajectories, advs, strict=True)]
+    if config.scale == "tree":
+        return scale_by_tree_std(trajectories, per_token, config.tree_std_eps)
+    return whiten_tokens(per_token, config.whiten, config.whiten_eps)
+
+
+def scale_by_tree_std(trajectories: Sequence[Trajectory], per_token: list[np.ndarray], eps: float) -> list[np.ndarray]:
+    """Divide the token advantages of each tree by the standard deviation of that tree's rewards plus `eps`."""
+    out = list(per_token)
+    for indices in _by_tree(trajectories).values():
+        std = float(np.std([trajectories[i].reward for i in indices]))
+        for i in indices:
+            out[i] = per_token[i] / (std + eps)
+    return out
 
 
 def segment_token_advantages(trajectories: Sequence[Trajectory]) -> list[np.ndarray]:

@@ -50,8 +50,9 @@ class _Tree:
     def __init__(self) -> None:
         self.tokens: list[int] = []
         self.positions: list[int] = []
-        self.ancestors: list[list[tuple[int, int]]] = []
-        """Per token: the (start, end) ranges of earlier nodes on its path; its own node's range up to it."""
+        self.blocks: list[tuple[int, int, list[tuple[int, int]]]] = []
+        """Per node with tokens: its (start, end) and the ranges of its ancestors, which all its tokens see; each
+        token also sees its own node's tokens up to itself."""
         self.nodes: dict[tuple, tuple[int, int, int, list[tuple[int, int]]]] = {}
         """node key -> (start, end, depth in tokens at its end, ranges of the node and its ancestors)."""
 
@@ -65,10 +66,10 @@ class _Tree:
             _, _, base_depth, base_ranges = self.nodes[parent]
         start = len(self.tokens)
         end = start + len(tokens)
-        for offset, token in enumerate(tokens):
-            self.tokens.append(int(token))
-            self.positions.append(base_depth + offset)
-            self.ancestors.append([*base_ranges, (start, start + offset + 1)])
+        self.tokens.extend(int(token) for token in tokens)
+        self.positions.extend(range(base_depth, base_depth + len(tokens)))
+        if tokens:
+            self.blocks.append((start, end, base_ranges))
         self.nodes[key] = (start, end, base_depth + len(tokens), [*base_ranges, (start, end)] if tokens else base_ranges)
         return start, end, base_depth + len(tokens)
 
@@ -129,13 +130,15 @@ def _tensors(trees: dict[str, _Tree], predictor: list[tuple[str, int]], target_i
     positions = torch.zeros((len(trees), length), dtype=torch.long)
     # Padding sees only itself, so no query row is fully masked (a fully masked softmax row is NaN).
     visible = torch.eye(length, dtype=torch.bool).repeat(len(trees), 1, 1)
+    causal = torch.ones((length, length), dtype=torch.bool).tril()
     for index, tree in enumerate(trees.values()):
         n = len(tree.tokens)
         input_ids[index, :n] = torch.tensor(tree.tokens)
         positions[index, :n] = torch.tensor(tree.positions)
-        for query, ranges in enumerate(tree.ancestors):
-            for start, end in ranges:
-                visible[index, query, start:end] = True
+        for start, end, above in tree.blocks:
+            for first, last in above:
+                visible[index, start:end, first:last] = True
+            visible[index, start:end, start:end] = causal[: end - start, : end - start]
     flat_predictor = torch.tensor([order[name] * length + index for name, index in predictor], dtype=torch.long)
     slot_tensor = torch.tensor(slots, dtype=torch.long).reshape(-1, 3)
     return PackedTrees(input_ids, positions, visible, flat_predictor, torch.tensor(target_ids, dtype=torch.long),

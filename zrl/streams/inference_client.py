@@ -21,7 +21,14 @@ from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
 from zrl.streams.inference_link import ServerLink
-from zrl.streams.sockets import StreamCounters, has_message, oversized, receive_within, send_frames
+from zrl.streams.sockets import (
+    StreamCounters,
+    has_message,
+    oversized,
+    receive_frames,
+    receive_within,
+    send_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +242,7 @@ class InferenceClient(InferenceClientBase):
 
     def _drain(self, server: ServerLink) -> None:
         while has_message(server.socket):
-            self._handle(server, server.socket.recv_multipart(copy=False))
+            self._handle(server, receive_frames(server.socket))
 
     def _handle(self, server: ServerLink, frames: list[zmq.Frame]) -> None:
         if oversized(frames, self.config.sockets, self.counters):

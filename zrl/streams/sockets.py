@@ -199,6 +199,7 @@ _MESSAGES_PER_CLOCK_CHECK = 64
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVTIMEO = int(zmq.RCVTIMEO)
+_SNDMORE = int(zmq.SNDMORE)
 _MAX_TIMEOUT_MS = 2**31 - 1  # ZMQ_RCVTIMEO is a C int; callers loop on longer waits
 
 
@@ -240,7 +241,7 @@ def receive_batch(sock: zmq.Socket, ready: deque[Any], wanted: int, timeout: flo
     while len(ready) < wanted:
         read = 0
         while len(ready) < wanted and has_message(sock):
-            accept(sock.recv_multipart(copy=False))
+            accept(receive_frames(sock))
             read += 1
             if read % _MESSAGES_PER_CLOCK_CHECK == 0 and time.monotonic() >= deadline:
                 break
@@ -264,9 +265,22 @@ def receive_within(sock: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
     if sock.getsockopt(_RCVTIMEO) != timeout_ms:
         sock.setsockopt(_RCVTIMEO, timeout_ms)
     try:
-        return sock.recv_multipart(copy=False)
+        return receive_frames(sock)
     except zmq.Again:
         return None
+
+
+def receive_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """`recv_multipart(flags, copy=False)`, asking each frame whether more follow instead of the socket.
+
+    The frames of a message arrive together, so only the first receive can wait or raise zmq.Again.
+    """
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def has_message(sock: zmq.Socket) -> bool:
@@ -275,5 +289,12 @@ def has_message(sock: zmq.Socket) -> bool:
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
-    """Send wire frames, copying only messages without array buffers (cheaper than a zero-copy frame)."""
-    sock.send_multipart(frames, flags=flags, copy=len(frames) <= 2 and len(frames[-1]) < 65536)
+    """Send wire frames, copying only messages without array buffers (cheaper than a zero-copy frame).
+
+    The frames of a message are queued together, so only the first send can raise zmq.Again.
+    """
+    copy = len(frames) <= 2 and len(frames[-1]) < 65536
+    flags = int(flags)  # pyzmq's flag enums make every `|` build an enum member
+    for frame in frames[:-1]:
+        sock.send(frame, flags | _SNDMORE, copy=copy)
+    sock.send(frames[-1], flags, copy=copy)
