@@ -81,6 +81,26 @@ def test_batch_of_different_lengths_equals_one_by_one(engine, prompts):
         assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0.0) < 1e-4
 
 
+def test_finished_rows_leave_the_batch_and_the_others_decode_as_alone(engine, prompts):
+    budgets = [2, 16, 0, 9]
+    requests = [GenerationRequest(p, n, SamplingParams(temperature=1.0, seed=3 + i))
+                for i, (p, n) in enumerate(zip(prompts, budgets, strict=False))]
+    rows_per_forward: list[int] = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        batch = engine.generate(requests)
+    finally:
+        hook.remove()
+    alone = [engine.generate([request])[0] for request in requests]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    assert all(len(r.token_ids) <= n for n, r in zip(budgets, batch, strict=True))
+    # Only the rows still decoding are computed: the empty request leaves after the prefill, the 2-token one after
+    # its second token, and the last steps run the longest request alone.
+    assert rows_per_forward[0] == 4 and rows_per_forward[1] <= 3 and rows_per_forward[-1] == 1
+    assert sum(rows_per_forward) < 4 * len(rows_per_forward)
+
+
 def test_seeded_sampling_is_reproducible_and_zero_tokens_is_empty(engine, prompts):
     request = GenerationRequest(prompts[0], 20, SamplingParams(temperature=1.0, seed=11))
     assert engine.generate([request])[0].token_ids == engine.generate([request])[0].token_ids

@@ -250,6 +250,8 @@ class HFEngine(Engine):
         logprobs: list[list[float]] = [[] for _ in requests]
         done = [r.max_new_tokens == 0 for r in requests]
         eos = [False] * rows
+        active = list(range(rows))
+        """The request row of each row of the running batch; finished rows leave it, so they cost nothing more."""
         past = None
         step_ids, step_positions = ids, positions
         while not all(done):
@@ -263,17 +265,27 @@ class HFEngine(Engine):
             picked = sample_rows(logits, temperatures, top_ps, generators)
             picked_logprobs = log_probs.gather(1, picked[:, None]).squeeze(1).tolist()
             picked_list = picked.tolist()
-            for row, request in enumerate(requests):
+            for slot, row in enumerate(active):
                 if done[row]:
                     continue
-                token = picked_list[row]
+                token = picked_list[slot]
                 tokens[row].append(token)
-                logprobs[row].append(picked_logprobs[row])
+                logprobs[row].append(picked_logprobs[slot])
                 eos[row] = token in self._eos_ids
-                done[row] = eos[row] or len(tokens[row]) >= request.max_new_tokens
+                done[row] = eos[row] or len(tokens[row]) >= requests[row].max_new_tokens
+            keep = [slot for slot, row in enumerate(active) if not done[row]]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                past.batch_select_indices(index)
+                mask, step_positions, picked = mask[index], step_positions[index], picked[index]
+                temperatures, top_ps = temperatures[index], top_ps[index]
+                generators = [generators[slot] for slot in keep]
+                active = [active[slot] for slot in keep]
             step_ids = picked[:, None].to(self.device)
             step_positions = step_positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
         return [
             GenerationResult(r.request_id, tokens[row], logprobs[row], eos[row], self._version)
             for row, r in enumerate(requests)

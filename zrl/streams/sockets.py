@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -204,6 +205,8 @@ _MAX_TIMEOUT_MS = 2**31 - 1  # ZMQ_RCVTIMEO is a C int; callers loop on longer w
 
 
 EndpointT = TypeVar("EndpointT", bound="BoundEndpoint")
+# The ZMQ_RCVTIMEO that `receive_within` last set on each socket; a socket that is gone drops out.
+_receive_timeouts: weakref.WeakKeyDictionary[zmq.Socket, int] = weakref.WeakKeyDictionary()
 
 
 class BoundEndpoint:
@@ -259,11 +262,12 @@ def receive_within(sock: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
     """Receive the next message, waiting at most `timeout_ms`; None if none came.
 
     A blocking receive with a timeout is one call into ZeroMQ, where poll, readiness check and receive
-    are three; the timeout option is only set when it changes.
+    are three; the timeout option is only set when it changes (remembered here: reading it back costs a call).
     """
     timeout_ms = min(timeout_ms, _MAX_TIMEOUT_MS)
-    if sock.getsockopt(_RCVTIMEO) != timeout_ms:
+    if _receive_timeouts.get(sock) != timeout_ms:
         sock.setsockopt(_RCVTIMEO, timeout_ms)
+        _receive_timeouts[sock] = timeout_ms
     try:
         return receive_frames(sock)
     except zmq.Again:
