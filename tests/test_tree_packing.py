@@ -116,3 +116,25 @@ def test_segments_that_do_not_cover_the_response_are_named(trees):
     bad = dataclasses.replace(trees[0].trajectories[0], segment_tokens=[1])
     with pytest.raises(ValueError, match=r"trajectory 0 of prompt .* do not cover its \d+ response tokens"):
         pack_trees([bad], 0)
+
+
+def test_independent_samples_are_trained_as_rows_even_with_packing_on(model_dir, trees):
+    """Independent samples share only their prompt: a packed row would cost more attention than it saves."""
+    tokenizer = load_tokenizer(model_dir)
+    engine = HFEngine(model_dir, HFEngineConfig(device="cpu", max_batch_size=64))
+    try:
+        prompts = [(p.uid, tokenizer(p.prompt, add_special_tokens=False)["input_ids"])
+                   for p in generate_problems("train", 2, seed=4)]
+        config = TreeSamplerConfig(width=4, segment_len=5, max_depth=4, seed=2, mode="independent")
+        sampled = TreeSampler(config, engine.eos_token_id, tokenizer.decode).run(prompts, engine.generate)
+    finally:
+        engine.close()
+    independent = [t for tree in sampled for t in tree.trajectories]
+    for index, t in enumerate(independent):
+        t.reward = float(index % 2)
+    branching = [t for tree in trees for t in tree.trajectories]
+    config = StepConfig(OptimizerConfig(lr=1e-5), AdvantageConfig(), pack_trees=True)
+    model = _model(model_dir)
+    optimizer, scheduler = make_optimizer(model, config.optimizer)
+    assert train_step(model, optimizer, scheduler, independent, config, 0)["packed_trees"] == 0.0
+    assert train_step(model, optimizer, scheduler, branching, config, 0)["packed_trees"] == 1.0

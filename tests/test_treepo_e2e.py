@@ -176,6 +176,21 @@ def test_short_treepo_run_trains_evaluates_and_reports(tmp_path: Path, engine: s
         assert "vllm" in (run.run_dir / "logs" / "policy-0.log").read_text()
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+def test_short_run_with_trees_grows_trees_and_trains_them_packed(tmp_path: Path) -> None:
+    """The experiment samples independently by default; TreePO's trees are one override away and run end to end."""
+    run = TreepoRun(tmp_path, *SHORT, "tree.mode=tree", "credit=segment")
+    check_completed_run(run)
+    train = run.records("train")
+    assert max(r["depth_mean"] for r in train) > 1
+    assert sum(r["decoded_tokens_per_trajectory"] for r in train) < sum(
+        r["independent_tokens_per_trajectory"] for r in train)
+    assert any(r["packed_trees"] == 1.0 for r in train)
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["workers"]["rollout"]["config"]["tree"]["mode"] == "tree"
+    assert config["workers"]["trainer"]["config"]["advantage"]["credit"] == "segment"
+
+
 def _expression(prompt: str) -> str:
     prefix, suffix = PROMPT_TEMPLATE.split("{expression}")
     assert prompt.startswith(prefix) and prompt.endswith(suffix), prompt

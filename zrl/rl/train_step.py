@@ -64,7 +64,9 @@ class StepConfig:
     """Most padded tokens in one forward/backward pass (bounds activation memory)."""
     pack_trees: bool = True
     """Train each tree as one packed sequence, its shared prefixes computed once (`zrl.rl.tree_packing`); the loss
-    is the same as with one row per trajectory. Used with the sdpa and eager attention of transformers."""
+    is the same as with one row per trajectory. Used with the sdpa and eager attention of transformers, and only
+    for batches whose trees share response segments: independent samples share just their prompt, and one long
+    packed row costs more attention than the prompt it saves."""
 
 
 @dataclass
@@ -159,7 +161,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise ValueError("train_step got no trajectories")
     advantages = batch_advantages(trajectories, config.advantage)
     total_tokens = float(sum(len(t.response_ids) for t in trajectories))
-    packed = config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+    packed = (config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+              and shares_segments(trajectories))
     rows = (list(range(len(trajectories))) if collective is None
             else share_of(trajectories, packed, collective.rank, collective.world_size))
     model.train()
@@ -244,6 +247,18 @@ def accumulate_gradients(model: torch.nn.Module, trajectories: Sequence[Trajecto
             sums[ON_POLICY_TOKENS] += float(on_mask.sum())
     sums["micro_batches"] = float(len(groups))
     return sums
+
+
+def shares_segments(trajectories: Sequence[Trajectory]) -> bool:
+    """Whether two trajectories of one tree begin with the same segment, so packing computes its tokens once."""
+    seen: set[tuple[str, int]] = set()
+    for trajectory in trajectories:
+        if trajectory.segment_ids:
+            first = (tree_key(trajectory), trajectory.segment_ids[0])
+            if first in seen:
+                return True
+            seen.add(first)
+    return False
 
 
 def share_of(trajectories: Sequence[Trajectory], packed: bool, rank: int, world_size: int) -> list[int]:

@@ -146,7 +146,8 @@ class TrainerConfig:
     micro_batch_tokens: int = 8192
     """Most padded tokens per forward/backward pass."""
     pack_trees: bool = True
-    """Train each tree as one packed sequence (shared prefixes computed once); false: one row per trajectory."""
+    """Train each tree as one packed sequence (shared prefixes computed once) when the batch's trees share response
+    segments; false: always one row per trajectory."""
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     """Subgroup advantages, whitening and dynamic sampling."""
     loss: LossConfig = field(default_factory=LossConfig)
