@@ -67,23 +67,23 @@ NOTES = """Where the time goes, and what would close the gaps:
 
 CURVE_NOTES = """Where the time goes:
 
-- The machine is 2 cores shared with other work (load average 3-4 during these runs); single runs vary by +-30 %
-  and more, so each figure is the median of interleaved runs. Three back-to-back runs of this benchmark (the last is
-  the table) gave zrl / raw CURVE 0.95x, 1.06x and 0.94x at 1 MiB, 0.90x, 1.16x and 0.71x at 1 KiB, and 3.96x, 4.08x
-  and 4.01x for the round-trip p50.
+- The machine is 2 cores; single runs vary by +-30 % and more, so each figure is the median of interleaved runs.
+  Three back-to-back runs of this benchmark on the otherwise idle machine (the last is the table) gave zrl / raw
+  CURVE 0.80x, 0.91x and 0.90x at 1 MiB, 1.19x, 1.33x and 0.88x at 1 KiB, and 2.09x, 2.64x and 2.15x for the
+  round-trip p50 (the session before: about 4x, on a loaded machine and before the changes below).
 - Encryption, not zrl, sets the cost of the sample stream: raw pyzmq moves about a fifth of its plain bytes per
-  second with CURVE at 1 MiB, and zrl with CURVE moves what raw CURVE does. ZeroMQ's I/O threads encrypt and decrypt
-  each message once; zrl's own work per 1 MiB message (a msgpack header, zero-copy frames) is tens of microseconds
-  against milliseconds of encryption.
+  second with CURVE at 1 MiB, and zrl with CURVE moves about what raw CURVE does. ZeroMQ's I/O threads encrypt and
+  decrypt each message once; zrl's own work per 1 MiB message (a msgpack header, zero-copy frames) is tens of
+  microseconds against milliseconds of encryption.
 - 1 KiB: zrl sends 64 samples in one message of about 64 KiB, so it pays one encryption per 64 samples where raw
-  CURVE pays one per sample. What limits zrl here is its codec (a msgpack array per sample), with or without CURVE:
-  CURVE on / off was 0.86x, 1.06x and 0.85x.
-- Inference round trip: CURVE adds a few microseconds per message; zrl's round-trip p50 with CURVE was 1.05x, 1.13x
-  and 0.89x of its p50 without. The gap to a raw CURVE echo is zrl's Python work per round trip, the same as without
-  CURVE (section "Streams"): a raw CURVE echo that only encodes and decodes the request with zrl.wire already takes
-  about 2x the bare echo, so 1.3x of a bare echo is out of reach for any stream that decodes its messages in Python;
-  zrl was 1.81x, 1.95x and 2.28x of that codec echo. Closing it needs a cheaper path for small messages (fewer
-  calls into pyzmq per receive, array headers parsed by hand), not a change to CURVE.
+  CURVE pays one per sample. What limits zrl here is its codec (a msgpack array per sample), with or without CURVE.
+- Inference round trip: CURVE adds little (zrl with CURVE on / off: 1.08x, 1.20x, 1.16x). The floor is a bare echo
+  that decodes nothing; the same echo that only encodes and decodes the request with zrl.wire on both sides (four
+  codec calls, no stream) already takes 1.4x-1.6x of it, above the 1.3x goal, so no stream that decodes its messages
+  in Python meets that goal here. zrl's stream work on top of the codec is what is left: zrl was 1.33x-1.69x of the
+  codec echo. This change removed per-message work from it: single-frame messages decode with one hook made once
+  (no closures per message), frames are sent and received without pyzmq's per-frame option look-ups and flag enums,
+  and the receive timeout is remembered instead of read back from the socket.
 - The CURVE handshake (two round trips, and a ZAP request answered by a thread of the receiving process) happens once
   per connection and is not in these figures.
 """

@@ -110,6 +110,8 @@ def _ext(code, fields):
     ([msgpack.packb([1, _ext(1, ["uint8", [2**50, 2], 0])]), b"x"], "bad array shape"),
     ([msgpack.packb([1, _ext(1, ["uint8", [2**30, 2**30], 0])]), b"x"], "needs"),
     ([msgpack.packb([1, _ext(1, ["uint8", [1], 1])]), b"x"], "references frame 1"),
+    ([msgpack.packb([1, _ext(1, ["uint8", [1], 0])])], "references frame 0, but the message has 0 buffer frames"),
+    ([msgpack.packb([1, _ext(1, ["uint8", [1]])])], r"\[dtype, shape, data\]"),
     ([msgpack.packb([1, [_ext(1, ["uint8", [1], 0]), _ext(1, ["uint8", [1], 0])]]), b"x"], "twice"),
     ([msgpack.packb([1, None]), b"stray"], "not referenced"),
     ([b"\x92\x01" + b"\x91" * 100_000], "malformed"),

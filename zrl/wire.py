@@ -120,12 +120,7 @@ def _decode(frames: Sequence[Any]) -> Any:
         return views[index + 1]
 
     def ext_hook(code: int, data: bytes) -> Any:
-        if code not in (EXT_NDARRAY, EXT_TENSOR):
-            raise WireError(f"unknown extension type {code}")
-        fields = msgpack.unpackb(data, use_list=True, raw=False)
-        if not isinstance(fields, list) or len(fields) != 3:
-            raise WireError("array extension must be [dtype, shape, data]")
-        name, shape, data_ref = fields
+        name, shape, data_ref = _array_fields(code, data)
         return _unpack_array(code, name, shape, data_ref if isinstance(data_ref, bytes) else take_frame(data_ref))
 
     envelope = msgpack.unpackb(views[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=True)
@@ -143,14 +138,19 @@ def _envelope_body(envelope: Any) -> Any:
     return envelope[1]
 
 
-def _inline_ext_hook(code: int, data: bytes) -> Any:
-    """The extension hook of a message without buffer frames: every array must carry its data inline."""
+def _array_fields(code: int, data: bytes) -> list[Any]:
+    """[dtype, shape, data or buffer frame index] of an array extension."""
     if code not in (EXT_NDARRAY, EXT_TENSOR):
         raise WireError(f"unknown extension type {code}")
     fields = msgpack.unpackb(data, use_list=True, raw=False)
     if not isinstance(fields, list) or len(fields) != 3:
         raise WireError("array extension must be [dtype, shape, data]")
-    name, shape, data_ref = fields
+    return fields
+
+
+def _inline_ext_hook(code: int, data: bytes) -> Any:
+    """The extension hook of a message without buffer frames: every array must carry its data inline."""
+    name, shape, data_ref = _array_fields(code, data)
     if not isinstance(data_ref, bytes):
         raise WireError(f"array references frame {data_ref!r}, but the message has 0 buffer frames")
     return _unpack_array(code, name, shape, data_ref)
