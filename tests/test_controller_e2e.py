@@ -22,7 +22,8 @@ ECHO = ROOT / "experiments" / "echo.py"
 class ControllerRun:
     """A controller process running experiments/echo.py with its output in a file."""
 
-    def __init__(self, tmp_path: Path, *overrides: str):
+    def __init__(self, tmp_path: Path, *overrides: str, sigint_ignored: bool = False):
+        """`sigint_ignored`: start it as a shell without job control starts a background job, SIGINT ignored."""
         self.trial = f"t{uuid.uuid4().hex[:8]}"
         self.run_root = tmp_path / "runs"
         self.run_dir = self.run_root / "echo" / self.trial
@@ -30,7 +31,9 @@ class ControllerRun:
         argv = [sys.executable, "-m", "zrl.controller", str(ECHO), f"trial={self.trial}",
                 f"run_root={self.run_root}", "progress_interval_s=0.5", *overrides]
         with open(self.output_path, "w") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
 
     @property
     def output(self) -> str:

@@ -145,9 +145,10 @@ def test_a_hung_worker_is_lost_and_stops_the_run(tmp_path: Path, timeouts: tuple
     assert not alive(pid)
 
 
-def test_sigint_to_the_controller_leaves_no_worker_alive(tmp_path: Path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["", "started-with-SIGINT-ignored"])
+def test_sigint_to_the_controller_leaves_no_worker_alive(tmp_path: Path, sigint_ignored: bool):
     run = ControllerRun(tmp_path, "workers.producer.config.num_samples=1000000", "workers.producer.config.interval_s=0.05",
-                        "workers.consumer.config.expected_samples=2000000")
+                        "workers.consumer.config.expected_samples=2000000", sigint_ignored=sigint_ignored)
     run.wait_for_output("workers RUNNING")
     pids = run.worker_pids()
     assert len(pids) == 4 and all(alive(pid) for pid in pids.values())

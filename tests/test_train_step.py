@@ -51,16 +51,21 @@ def trajectory(model, uid: str, prompt: list[int], response: list[int], reward: 
                       reward=reward, tree_id=tree_id or uid)
 
 
-def batch(model) -> list[Trajectory]:
+def batch(model, shared_first_segment: bool = False) -> list[Trajectory]:
+    """Three prompts with four trajectories each; with `shared_first_segment`, the four begin with the same segment
+    (a tree that branches after it), else they share only their prompt."""
     rng = np.random.default_rng(0)
     out = []
     for p in range(3):
         prompt = [int(x) for x in rng.integers(2, VOCAB, size=3 + p)]
+        first = [int(x) for x in rng.integers(2, VOCAB, size=4)]
         for i in range(4):
             response = [int(x) for x in rng.integers(2, VOCAB, size=4 + 4 * ((i + p) % 3))]
             n_segments = (len(response) + 3) // 4
-            out.append(trajectory(model, f"p{p}", prompt, response, 1.0 if i == p % 4 else -1.0,
-                                  [10 * i + k for k in range(n_segments)]))
+            segments = [10 * i + k for k in range(n_segments)]
+            if shared_first_segment:
+                response[:4], segments[0] = first, 0
+            out.append(trajectory(model, f"p{p}", prompt, response, 1.0 if i == p % 4 else -1.0, segments))
     return out
 
 

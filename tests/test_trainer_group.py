@@ -56,7 +56,7 @@ def single_trainer_steps() -> tuple[torch.nn.Module, list[dict]]:
     torch.set_num_threads(1)
     model = small_model()
     optimizer, scheduler = make_optimizer(model, STEP_CONFIG.optimizer)
-    trajectories = batch(model)
+    trajectories = batch(model, shared_first_segment=True)
     records = [train_step(model, optimizer, scheduler, trajectories, STEP_CONFIG, PAD, on_policy_version=step)
                for step in range(STEPS)]
     return model, records

@@ -55,7 +55,7 @@ def main(url: str, rank: int, world_size: int, steps: int, out: Path, die_after_
     group.broadcast_parameters(model)
     optimizer, scheduler = make_optimizer(model, STEP_CONFIG.optimizer)
     records = []
-    global_batch = [t.to_dict() for t in batch(model)] if rank == 0 else None
+    global_batch = [t.to_dict() for t in batch(model, shared_first_segment=True)] if rank == 0 else None
     for step in range(steps):
         trees = group.broadcast(global_batch)
         trajectories = [Trajectory.from_dict(t) for t in trees]

@@ -137,6 +137,9 @@ def run(config: ExperimentConfig) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session went away
         signal.signal(signum, on_sigterm)
+    # A process started in the background by a shell without job control inherits SIGINT ignored, and Python keeps
+    # it so: then `kill -INT` would not stop the trial. Ctrl-C and SIGINT always mean "stop every worker".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     verb = "resuming" if config.resume == "auto" else "running"
     print(f"{verb} {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
