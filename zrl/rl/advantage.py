@@ -191,7 +191,7 @@ def batch_advantages(trajectories: Sequence[Trajectory], config: AdvantageConfig
         per_token = segment_token_advantages(trajectories)
     else:
         advs = trajectory_advantages(trajectories, config)
-        per_token = [np.full(len(t.response_ids), a, dtype=np.float64) for t, a in zip(trajectories, advs, strict=True)]
+        per_token = token_advantages(advs, [len(t.response_ids) for t in trajectories], whiten=False)
     if config.scale == "tree":
         return scale_by_tree_std(trajectories, per_token, config.tree_std_eps)
     return whiten_tokens(per_token, config.whiten, config.whiten_eps)
