@@ -50,6 +50,8 @@ ALIASES = {
     "push_every": _each(("trainer",), "push_every"),
     "save_every": _each(("trainer",), "save_every"),
     "lr": _each(("trainer",), "lr"),
+    "lr_decay": _each(("trainer",), "lr_decay"),
+    "min_lr_ratio": _each(("trainer",), "min_lr_ratio"),
     "credit": _each(("trainer",), "advantage.credit"),
     "advantage_scale": _each(("trainer",), "advantage.scale"),
     "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),

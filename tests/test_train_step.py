@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from zrl.rl.advantage import AdvantageConfig
+from zrl.rl.advantage import AdvantageConfig, batch_advantages
+from zrl.rl.loss import LOSS_METRICS, LossConfig, policy_loss
 from zrl.rl.train_step import (
     OptimizerConfig,
     StepConfig,
+    accumulate_gradients,
     collate,
     make_optimizer,
     on_policy_mask,
@@ -149,7 +152,8 @@ def test_mismatch_is_measured_only_on_tokens_of_the_current_version():
     stale = trajectory(other, "p", [5, 6, 7], list(range(2, 14)), 1.0, [0, 1, 2], versions=[3, 3, 3])
     config = StepConfig(OptimizerConfig(warmup_steps=0))
     optimizer, scheduler = make_optimizer(model, config.optimizer)
-    fresh = trajectory(model, "q", [5, 6], list(range(2, 10)), -1.0, [0, 1], versions=[4, 4])
+    # One group with a right and a wrong answer, so both trajectories have an advantage and are trained.
+    fresh = trajectory(model, "p", [5, 6], list(range(2, 10)), -1.0, [0, 1], versions=[4, 4])
     metrics = train_step(model, optimizer, scheduler, [stale, fresh], config, PAD, on_policy_version=4)
     assert metrics["on_policy_tokens"] == len(fresh.response_ids)
     assert metrics["logprob_mismatch_on_policy"] < 1e-5
@@ -165,3 +169,94 @@ def test_an_empty_batch_and_inconsistent_trajectories_are_refused():
     bad.logprobs = bad.logprobs[:2]
     with pytest.raises(ValueError, match="4 response tokens, 2 logprobs"):
         collate([bad], [np.zeros(4)], PAD)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_the_learning_rate_warms_up_decays_to_its_floor_and_stays_there(decay: str):
+    config = OptimizerConfig(lr=1e-3, warmup_steps=4, decay=decay, decay_steps=24, min_lr_ratio=0.1)
+    optimizer, scheduler = make_optimizer(small_model(), config)
+    rates = []
+    for _ in range(30):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3])
+    assert all(a > b for a, b in zip(rates[4:24], rates[5:25], strict=True))
+    assert rates[14] == pytest.approx(5.5e-4)
+    assert rates[24:] == pytest.approx([1e-4] * 6)
+
+
+def test_a_constant_rate_stays_at_its_peak_and_a_bad_schedule_is_refused():
+    config = OptimizerConfig(lr=1e-3, warmup_steps=0)
+    assert [config.lr_factor(step) for step in (0, 10, 10_000)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="decay='step'"):
+        OptimizerConfig(decay="step")
+    with pytest.raises(ValueError, match="needs decay_steps"):
+        OptimizerConfig(decay="cosine", warmup_steps=5, decay_steps=5)
+
+
+TREE_SCALED = AdvantageConfig(credit="trajectory", scale="tree")
+
+
+def all_right(trajectories: list[Trajectory], uid: str | None = None) -> list[Trajectory]:
+    """The trajectories with every one of prompt `uid` (None: of every prompt) rewarded 1: a group without
+    advantage when advantages are relative to the group."""
+    return [dataclasses.replace(t, reward=1.0) if uid in (None, t.uid) else t for t in trajectories]
+
+
+def test_trajectories_without_advantage_stay_out_of_the_passes_and_the_step_is_the_same():
+    base = small_model()
+    trajectories = all_right(batch(base), "p0")
+    config = StepConfig(OptimizerConfig(lr=1e-2, warmup_steps=0), TREE_SCALED)
+    model = copy.deepcopy(base)
+    optimizer, scheduler = make_optimizer(model, config.optimizer)
+    rows = []
+    model.register_forward_hook(lambda module, args, kwargs, out: rows.append(len(kwargs["input_ids"])),
+                                with_kwargs=True)
+    metrics = train_step(model, optimizer, scheduler, trajectories, config, PAD)
+
+    reference = copy.deepcopy(base)
+    total = float(sum(len(t.response_ids) for t in trajectories))
+    sums = accumulate_gradients(reference, trajectories, batch_advantages(trajectories, TREE_SCALED), total,
+                                config, PAD)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+
+    assert sum(rows) == 8 and metrics["trained_trajectories"] == 8 and metrics["trajectories"] == 12
+    assert metrics["loss"] == pytest.approx(sums["loss"], abs=1e-7)
+    assert metrics["trained_tokens"] < metrics["tokens"]
+    # train_step leaves the (clipped) gradient it stepped on.
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(ours.grad, theirs.grad, atol=1e-7)
+
+
+def test_a_batch_without_advantage_still_moves_the_weights_by_adams_momentum():
+    base = small_model()
+    config = StepConfig(OptimizerConfig(lr=1e-2, warmup_steps=0), TREE_SCALED)
+    learning, uniform = batch(base), all_right(batch(base))
+    models = []
+    for explicit_zeros in (False, True):
+        model = copy.deepcopy(base)
+        optimizer, scheduler = make_optimizer(model, config.optimizer)
+        train_step(model, optimizer, scheduler, learning, config, PAD)
+        if explicit_zeros:
+            for parameter in model.parameters():
+                parameter.grad = torch.zeros_like(parameter)
+            optimizer.step()
+        else:
+            before = [p.detach().clone() for p in model.parameters()]
+            metrics = train_step(model, optimizer, scheduler, uniform, config, PAD)
+            assert metrics["trained_trajectories"] == 0 and metrics["loss"] == 0.0
+            assert metrics["clip_fraction"] == 0.0 and metrics["grad_norm"] == 0.0
+            assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        models.append(model)
+    for ours, zeros in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.allclose(ours, zeros, atol=1e-7)
+
+
+def test_the_loss_reports_the_metrics_it_declares():
+    model = small_model()
+    trajectories = batch(model)
+    collated = collate(trajectories, [np.ones(len(t.response_ids)) for t in trajectories], PAD)
+    logp = token_logprobs(model, collated.input_ids, collated.attention_mask)
+    _, metrics = policy_loss(logp, collated.behaviour_logprobs, collated.advantages, collated.mask, LossConfig())
+    assert set(metrics) == {*LOSS_METRICS, "tokens"}

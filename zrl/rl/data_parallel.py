@@ -54,10 +54,8 @@ def split_by_tokens(sizes: Sequence[int], world_size: int, what: str = "trajecto
 def sum_gradients(model: torch.nn.Module, collective: Collective) -> None:
     """Sum every parameter's gradient over the group, in flat buckets; a missing gradient counts as zeros, so
     every member makes the same collective calls."""
+    fill_missing_gradients(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
     for bucket in _buckets(params, GRADIENT_BUCKET_ELEMENTS):
         flat = torch.cat([p.grad.reshape(-1) for p in bucket])
         collective.sum_(flat)
@@ -66,6 +64,14 @@ def sum_gradients(model: torch.nn.Module, collective: Collective) -> None:
             n = p.grad.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
+
+
+def fill_missing_gradients(model: torch.nn.Module) -> None:
+    """Zero gradients where no pass made one (a batch, or a trainer's share, without a learning trajectory), so
+    that AdamW still applies its momentum and every trainer of a group sums the same tensors."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
 
 
 def reduce_sums(sums: dict[str, float], collective: Collective, max_keys: Sequence[str] = ()) -> dict[str, float]:

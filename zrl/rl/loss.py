@@ -24,6 +24,11 @@ class LossConfig:
                              f"eps_low={self.eps_low}, eps_high={self.eps_high}, dual_clip={self.dual_clip}")
 
 
+LOSS_METRICS = ("loss", "clip_fraction", "clip_low_fraction", "clip_high_fraction", "dual_clip_fraction", "ratio_mean",
+                "ratio_max", "logprob_diff_mean", "logprob_abs_diff_mean", "logprob_abs_diff_max", "behaviour_kl")
+"""The metrics of `policy_loss` besides its token count."""
+
+
 def policy_loss(logp_new: torch.Tensor, logp_behaviour: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, config: LossConfig,
                 token_count: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from zrl.rl.advantage import AdvantageConfig, batch_advantages
-from zrl.rl.data_parallel import Collective, reduce_sums, split_by_tokens, sum_gradients
-from zrl.rl.loss import LossConfig, policy_loss
+from zrl.rl.data_parallel import Collective, fill_missing_gradients, reduce_sums, split_by_tokens, sum_gradients
+from zrl.rl.loss import LOSS_METRICS, LossConfig, policy_loss
 from zrl.rl.tree.trajectory import Trajectory
 from zrl.rl.tree_packing import pack_trees, packed_token_logprobs, tree_key
 
@@ -40,14 +40,38 @@ class OptimizerConfig:
     beta2: float = 0.999
     """AdamW beta2."""
     warmup_steps: int = 5
-    """Linear learning-rate warm-up steps; then constant."""
+    """Linear learning-rate warm-up steps; then `decay`."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping)."""
+    decay: str = "constant"
+    """After the warm-up: "constant", or "cosine" / "linear" decay to `min_lr_ratio` * lr at step `decay_steps`."""
+    decay_steps: int = 0
+    """The step at which a decay reaches its floor (the run's total steps); the rate stays there afterwards."""
+    min_lr_ratio: float = 0.1
+    """The decay's floor, as a fraction of the peak rate."""
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1
-                and self.warmup_steps >= 0 and self.grad_clip >= 0):
+                and self.warmup_steps >= 0 and self.grad_clip >= 0 and 0 <= self.min_lr_ratio <= 1):
             raise ValueError(f"invalid OptimizerConfig: {self}")
+        if self.decay not in LR_DECAYS:
+            raise ValueError(f"OptimizerConfig.decay={self.decay!r}: choose one of {', '.join(LR_DECAYS)}")
+        if self.decay != "constant" and self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"OptimizerConfig.decay={self.decay!r} needs decay_steps ({self.decay_steps}) "
+                             f"greater than warmup_steps ({self.warmup_steps})")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based), as a fraction of the peak rate."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.decay == "cosine" else 1 - progress
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
+
+
+LR_DECAYS = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -135,11 +159,10 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 def make_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> tuple[torch.optim.Optimizer,
                                                                               torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a linear warm-up to a constant learning rate."""
+    """AdamW with a linear warm-up, then a constant or decaying learning rate (`OptimizerConfig.lr_factor`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
-    warmup = config.warmup_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     return optimizer, schedule
 
 
@@ -163,12 +186,17 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     total_tokens = float(sum(len(t.response_ids) for t in trajectories))
     packed = (config.pack_trees and getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
               and shares_segments(trajectories))
-    rows = (list(range(len(trajectories))) if collective is None
-            else share_of(trajectories, packed, collective.rank, collective.world_size))
+    # A trajectory whose advantages are all zero adds nothing to the gradient (its tokens still count in the
+    # token mean): leaving it out of the forward and backward passes gives the same step for less work.
+    learning = [row for row in range(len(trajectories)) if np.any(advantages[row])]
+    rows = learning
+    if collective is not None:
+        rows = sorted(set(share_of(trajectories, packed, collective.rank, collective.world_size)) & set(learning))
     model.train()
     optimizer.zero_grad(set_to_none=True)
     sums = accumulate_gradients(model, [trajectories[i] for i in rows], [advantages[i] for i in rows],
                                 total_tokens, config, pad_id, on_policy_version, packed)
+    fill_missing_gradients(model)
     if collective is not None:
         sum_gradients(model, collective)
         sums = reduce_sums(sums, collective, max_keys=[key for key in sums if key.endswith("_max")])
@@ -176,7 +204,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.step()
     scheduler.step()
     mismatch_sum, mismatch_tokens = sums.pop(MISMATCH_SUM), sums.pop(ON_POLICY_TOKENS)
-    out = {key: value if key.endswith("_max") or key in UNSCALED_SUMS else value / total_tokens
+    trained_tokens = sums.pop(TRAINED_TOKENS)
+    out = {key: value if key.endswith("_max") or key in UNSCALED_SUMS else value / max(trained_tokens, 1.0)
            for key, value in sums.items()}
     rewards = [float(t.reward) for t in trajectories if t.reward is not None]
     behaviour_sum = sum(float(np.sum(t.logprobs)) for t in trajectories)
@@ -185,6 +214,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "lr": float(scheduler.get_last_lr()[0]),
         "tokens": total_tokens,
         "trajectories": float(len(trajectories)),
+        "trained_tokens": trained_tokens,
+        "trained_trajectories": float(len(learning)),
         "reward_mean": float(np.mean(rewards)) if rewards else 0.0,
         "accuracy": float(np.mean([r > 0 for r in rewards])) if rewards else 0.0,
         "on_policy_tokens": mismatch_tokens,
@@ -199,6 +230,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 MISMATCH_SUM = "mismatch_sum"
 ON_POLICY_TOKENS = "on_policy_tokens"
+TRAINED_TOKENS = "trained_tokens"
 UNSCALED_SUMS = ("loss", "micro_batches")
 """Sums of `accumulate_gradients` that are totals already (the others are token-weighted sums of means)."""
 
@@ -212,13 +244,18 @@ def accumulate_gradients(model: torch.nn.Module, trajectories: Sequence[Trajecto
     With `packed`, whole trees are computed as packed sequences (`zrl.rl.tree_packing`).
 
     The sums: loss (the share's part of the batch loss), `micro_batches`, `mismatch_sum` and `on_policy_tokens`
-    (the logprob mismatch on tokens of `on_policy_version`), each `*_max` metric of `policy_loss` as a maximum,
-    and every other metric weighted by its tokens (divide by `total_tokens` for the batch mean).
+    (the logprob mismatch on tokens of `on_policy_version`), `trained_tokens` (the response tokens of
+    `trajectories`), each `*_max` metric of `policy_loss` as a maximum, and every other metric weighted by its
+    tokens (divide by `trained_tokens` for the mean).
     """
+    # Every key from the start, so that trainers of a group reduce the same keys whatever their shares.
+    sums: dict[str, float] = {MISMATCH_SUM: 0.0, ON_POLICY_TOKENS: 0.0, TRAINED_TOKENS: 0.0, "micro_batches": 0.0,
+                              **dict.fromkeys(LOSS_METRICS, 0.0)}
+    if not trajectories:
+        return sums
     device = next(model.parameters()).device
     batch = collate(trajectories, token_advantages, pad_id).to(device)
     on_policy = on_policy_mask(trajectories, batch.mask.shape[1], on_policy_version).to(device)
-    sums: dict[str, float] = {MISMATCH_SUM: 0.0, ON_POLICY_TOKENS: 0.0, "loss": 0.0}
     if packed:
         groups = _tree_micro_batches(trajectories, config.micro_batch_tokens)
     else:
@@ -237,10 +274,11 @@ def accumulate_gradients(model: torch.nn.Module, trajectories: Sequence[Trajecto
         n = float(mask.sum())
         for key, value in metrics.items():
             if key.endswith("_max"):
-                sums[key] = max(sums.get(key, -math.inf), value)
+                sums[key] = max(sums[key], value)
             elif key not in ("tokens", "loss"):
-                sums[key] = sums.get(key, 0.0) + value * n
+                sums[key] += value * n
         sums["loss"] += metrics["loss"]
+        sums[TRAINED_TOKENS] += n
         with torch.no_grad():
             on_mask = mask * on_policy[rows, : width - 1]
             sums[MISMATCH_SUM] += float(((logp.detach() - behaviour).abs() * on_mask).sum())

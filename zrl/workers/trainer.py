@@ -100,7 +100,8 @@ class TrainerWorker(Worker):
         self.pad_id = int(pad) if pad is not None else model_eos_token_ids(path)[0]
         self.step_config = StepConfig(
             OptimizerConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-                            grad_clip=config.grad_clip),
+                            grad_clip=config.grad_clip, decay=config.lr_decay, decay_steps=config.total_steps,
+                            min_lr_ratio=config.min_lr_ratio),
             config.advantage, config.loss, config.micro_batch_tokens, config.pack_trees)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.step_config.optimizer)
         self.step = self.version = 0

@@ -139,6 +139,10 @@ class TrainerConfig:
     """Peak AdamW learning rate."""
     warmup_steps: int = 5
     """Linear learning-rate warm-up steps."""
+    lr_decay: str = "constant"
+    """After the warm-up: "constant", or "cosine" / "linear" decay to `min_lr_ratio` * lr at the last step."""
+    min_lr_ratio: float = 0.1
+    """Floor of the learning-rate decay, as a fraction of `lr`."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
