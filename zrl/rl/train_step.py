@@ -5,6 +5,9 @@ feed it trees from an in-process sampler. The batch is processed in micro-batche
 `micro_batch_tokens` padded tokens; their losses are scaled by the batch's response-token count, so the gradient
 is the token mean over the whole batch whatever the micro-batching. With several trainers (`collective`), each
 trains on its share of the batch with the same scaling, and their gradients are summed (`zrl.rl.data_parallel`).
+Trajectories whose advantages are all zero stay out of the passes: their tokens count in the token mean, but they
+add nothing to the gradient, so the step is the same for less work. The loss metrics (clip fraction, ratio,
+logprob mismatch) are over the trajectories that were trained.
 """
 
 from __future__ import annotations
