@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from zrl.rl.advantage import AdvantageConfig, batch_advantages
-from zrl.rl.data_parallel import Collective, fill_missing_gradients, reduce_sums, split_by_tokens, sum_gradients
+from zrl.rl.data_parallel import (
+    Collective,
+    fill_missing_gradients,
+    reduce_sums,
+    split_by_tokens,
+    sum_gradients,
+)
 from zrl.rl.loss import LOSS_METRICS, LossConfig, policy_loss
 from zrl.rl.tree.trajectory import Trajectory
 from zrl.rl.tree_packing import pack_trees, packed_token_logprobs, tree_key
