@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
 from zrl.config import ExperimentConfig, WorkerGroupConfig, from_plain, to_plain
+from zrl.controller.experiment_file import load_experiment
 from zrl.controller.help import config_help, field_docs
 from zrl.controller.overrides import ConfigError, apply_overrides
 from zrl.controller.validate import complete, group_levels, validate
@@ -170,3 +172,16 @@ def test_resume_needs_the_name_and_the_run_directory_of_the_trial(tmp_path, caps
     assert main([echo, "trial=t7", "--resume", f"run_root={tmp_path}", "--dry-run"]) == 0
     # A new trial still gets a name of its own, also when the experiment file names none.
     assert resolve_config(echo, [f"run_root={tmp_path}"]).trial
+
+
+def test_a_learning_rate_decay_is_checked_against_the_run_length_before_anything_starts():
+    treepo = load_experiment(Path(__file__).resolve().parent.parent / "experiments" / "treepo_math.py")
+    config = apply_overrides(treepo, ["lr_decay=cosine", "min_lr_ratio=0.2"]).workers["trainer"].config
+    assert (config.lr_decay, config.min_lr_ratio) == ("cosine", 0.2)
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(treepo, ["lr_decay=cosine", "total_steps=3"])
+    assert "needs total_steps (3) > warmup_steps (5)" in info.value.errors[0]
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(treepo, ["lr_decay=step", "min_lr_ratio=2"])
+    assert "'step' is not allowed; allowed values: constant, cosine, linear" in info.value.errors[0]
+    assert "min_lr_ratio must be between 0 and 1, got 2.0" in info.value.errors[1]

@@ -139,7 +139,7 @@ class TrainerConfig:
     """Peak AdamW learning rate."""
     warmup_steps: int = 5
     """Linear learning-rate warm-up steps."""
-    lr_decay: str = "constant"
+    lr_decay: Literal["constant", "cosine", "linear"] = "constant"
     """After the warm-up: "constant", or "cosine" / "linear" decay to `min_lr_ratio` * lr at the last step."""
     min_lr_ratio: float = 0.1
     """Floor of the learning-rate decay, as a fraction of `lr`."""
@@ -179,6 +179,11 @@ class TrainerConfig:
         for name in ("save_every", "keep_checkpoints", "push_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if self.lr_decay != "constant" and self.total_steps <= self.warmup_steps:
+            raise ValueError(f"lr_decay={self.lr_decay} decays from the end of the warm-up to the last step, so it "
+                             f"needs total_steps ({self.total_steps}) > warmup_steps ({self.warmup_steps})")
 
 
 @dataclass(frozen=True)
