@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zrl.rl.tree import Trajectory
-from zrl.rl.verifier import Verdict, Verifier, VerifierConfig
+from zrl.rl.verifier import Verdict, Verifier, VerifierConfig, math_verify_equal, plain_integers_equal
 
 
 def sleepy_verify(predicted: str, truth: str) -> bool:
@@ -47,7 +47,27 @@ def test_math_verify_judges_equivalent_forms(math_verifier):
     before = math_verifier.stats.shortcut
     verdicts = math_verifier.verify_many(responses, truths)
     assert verdicts == [Verdict.CORRECT, Verdict.WRONG, Verdict.NO_ANSWER, Verdict.CORRECT, Verdict.CORRECT]
-    assert math_verifier.stats.shortcut == before + 1
+    # "12" is the truth as text and "3" against "4" two integers: both judged without the pool.
+    assert math_verifier.stats.shortcut == before + 2
+
+
+@pytest.mark.parametrize(("predicted", "truth"), [("007", "7"), ("-0", "0"), ("+5", "5"), ("-3", "3"), ("12", "13"),
+                                                  (" 41 ", "42"), ("123456789012345678901", "123456789012345678901")])
+def test_plain_integers_are_judged_as_math_verify_judges_them(predicted, truth):
+    assert plain_integers_equal(predicted, truth) is math_verify_equal(predicted, truth)
+
+
+@pytest.mark.parametrize(("predicted", "truth"), [("1/2", "0.5"), ("12", "12.0"), ("1,000", "1000"), ("4 2", "43"), ("x", "3")])
+def test_anything_but_two_plain_integers_is_left_to_math_verify(predicted, truth):
+    assert plain_integers_equal(predicted, truth) is None
+
+
+def test_integer_answers_are_judged_without_starting_the_pool():
+    with Verifier(VerifierConfig(workers=1)) as verifier:
+        verdicts = verifier.verify_many(["\\boxed{007}", "\\boxed{-3}", "so \\boxed{ 1 2 }"], ["7", "3", "12"])
+        assert verdicts == [Verdict.CORRECT, Verdict.WRONG, Verdict.CORRECT]
+        assert verifier.stats.shortcut == 3
+        assert verifier._pool is None
 
 
 def test_rewards_and_overlong_penalty(math_verifier):

@@ -12,6 +12,7 @@ import collections
 import enum
 import logging
 import multiprocessing
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -88,6 +89,18 @@ def math_verify_equal(predicted: str, truth: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=None))
 
 
+_PLAIN_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def plain_integers_equal(predicted: str, truth: str) -> bool | None:
+    """Whether two answers that are both plain integers (surrounding whitespace aside) have the same value, as
+    math-verify judges them ("007" = "7", "-0" = "0"); None when either is anything else."""
+    predicted, truth = predicted.strip(), truth.strip()
+    if not (_PLAIN_INTEGER.fullmatch(predicted) and _PLAIN_INTEGER.fullmatch(truth)):
+        return None
+    return int(predicted) == int(truth)
+
+
 def _warm_up(verify_fn: VerifyFn) -> bool:
     return verify_fn("1", "1")
 
@@ -98,7 +111,7 @@ class VerifierStats:
 
     checks: int = 0
     shortcut: int = 0
-    """Answers equal to the truth as text, accepted without the pool."""
+    """Answers judged without the pool: equal to the truth as text, or, with math-verify, both plain integers."""
     no_answer: int = 0
     timeouts: int = 0
     errors: int = 0
@@ -123,6 +136,8 @@ class Verifier:
                  logger: logging.Logger | None = None):
         self.config = config
         self.verify_fn = verify_fn
+        # math-verify takes milliseconds (a sympy parse) to compare two integers; they are compared here instead.
+        self._judges_plain_integers = verify_fn is math_verify_equal
         self.log = logger or logging.getLogger(__name__)
         self.stats = VerifierStats()
         self._pool: ProcessPoolExecutor | None = None
@@ -152,11 +167,17 @@ class Verifier:
             elif "".join(predicted.split()) == "".join(str(truth).split()):
                 self.stats.shortcut += 1
                 verdicts[i] = Verdict.CORRECT
+            elif (equal := self._plain_integers_equal(predicted, str(truth))) is not None:
+                self.stats.shortcut += 1
+                verdicts[i] = Verdict.CORRECT if equal else Verdict.WRONG
             else:
                 jobs.append(_Job(i, predicted, str(truth)))
         if jobs:
             self._run(jobs, verdicts)
         return [v if v is not None else Verdict.ERROR for v in verdicts]
+
+    def _plain_integers_equal(self, predicted: str, truth: str) -> bool | None:
+        return plain_integers_equal(predicted, truth) if self._judges_plain_integers else None
 
     def rewards(self, responses: Sequence[str], truths: Sequence[str], lengths: Sequence[int] | None = None,
                 cap: int | None = None) -> tuple[list[float], list[Verdict]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 
@@ -42,7 +42,7 @@ class Trajectory:
     """Id of the tree this trajectory grew in, unique per tree; "" when unknown (then the uid stands for it)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trajectory:
@@ -67,7 +67,7 @@ class TreeStats:
     """Count of each termination status among the kept trajectories."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TreeStats:
@@ -103,6 +103,16 @@ class TreeResult:
         data = _checked_fields(cls, data)
         return cls(uid=data["uid"], trajectories=[Trajectory.from_dict(t) for t in data["trajectories"]],
                    stats=TreeStats.from_dict(data["stats"]), tree_id=data.get("tree_id", ""))
+
+
+def _flat_fields(record: Trajectory | TreeStats) -> dict[str, Any]:
+    # dataclasses.asdict deep-copies element by element; these fields hold flat lists and dicts of plain values,
+    # so a copy of each container is the same dict, several times faster for the sample stream.
+    out = {}
+    for item in fields(record):
+        value = getattr(record, item.name)
+        out[item.name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+    return out
 
 
 def _checked_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
