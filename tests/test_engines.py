@@ -308,3 +308,14 @@ def test_an_engine_on_a_gpu_loads_cpu_weights_by_copying(tiny_model_dir, prompts
     assert all(p.device.type == "cuda" for p in engine.model.parameters())
     after = engine.generate(requests)
     assert [r.token_ids for r in after] == [r.token_ids for r in before] and {r.version for r in after} == {1}
+
+
+def test_an_experiments_engine_options_reach_the_hf_engine(tiny_model_dir):  # noqa: F811
+    from zrl.workers.treepo_config import EngineOptions
+
+    options = EngineOptions(kind="hf", device="cpu", max_batch_size=3, seed=11)
+    engine = make_engine(options.kind, tiny_model_dir, **options.engine_kwargs())
+    try:
+        assert engine.config == HFEngineConfig(device="cpu", dtype="float32", max_batch_size=3, seed=11)
+    finally:
+        engine.close()

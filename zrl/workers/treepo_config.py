@@ -60,6 +60,8 @@ class EngineOptions:
     """Weights dtype of the engine: float32, bfloat16, float16 or auto."""
     device: str = "auto"
     """torch device of the hf engine; auto: cuda when available, else cpu."""
+    max_batch_size: int = 64
+    """hf: most requests decoded together; an engine call with more is decoded in parts of this size."""
     max_model_len: int = 512
     """vLLM: longest prompt + response in tokens."""
     block_size: int | None = None
@@ -72,7 +74,7 @@ class EngineOptions:
     def engine_kwargs(self) -> dict[str, object]:
         """Options for `zrl.engines.factory.make_engine` of this kind."""
         if self.kind == "hf":
-            return {"device": self.device, "dtype": self.dtype, "seed": self.seed}
+            return {"device": self.device, "dtype": self.dtype, "max_batch_size": self.max_batch_size, "seed": self.seed}
         return {"dtype": self.dtype, "max_model_len": self.max_model_len, "block_size": self.block_size,
                 "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed}
 
