@@ -174,13 +174,12 @@ def test_resume_needs_the_name_and_the_run_directory_of_the_trial(tmp_path, caps
     assert resolve_config(echo, [f"run_root={tmp_path}"]).trial
 
 
-def test_a_learning_rate_decay_is_checked_against_the_run_length_before_anything_starts():
+def test_a_learning_rate_decay_is_checked_before_anything_starts():
     treepo = load_experiment(Path(__file__).resolve().parent.parent / "experiments" / "treepo_math.py")
     config = apply_overrides(treepo, ["lr_decay=cosine", "min_lr_ratio=0.2"]).workers["trainer"].config
     assert (config.lr_decay, config.min_lr_ratio) == ("cosine", 0.2)
-    with pytest.raises(ConfigError) as info:
-        apply_overrides(treepo, ["lr_decay=cosine", "total_steps=3"])
-    assert "needs total_steps (3) > warmup_steps (5)" in info.value.errors[0]
+    # A run that ends inside the warm-up has nothing to decay: a short smoke run needs no other setting.
+    assert apply_overrides(treepo, ["lr_decay=cosine", "total_steps=3"]).workers["trainer"].config.total_steps == 3
     with pytest.raises(ConfigError) as info:
         apply_overrides(treepo, ["lr_decay=step", "min_lr_ratio=2"])
     assert "'step' is not allowed; allowed values: constant, cosine, linear" in info.value.errors[0]

@@ -191,8 +191,14 @@ def test_a_constant_rate_stays_at_its_peak_and_a_bad_schedule_is_refused():
     assert [config.lr_factor(step) for step in (0, 10, 10_000)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="decay='step'"):
         OptimizerConfig(decay="step")
-    with pytest.raises(ValueError, match="needs decay_steps"):
-        OptimizerConfig(decay="cosine", warmup_steps=5, decay_steps=5)
+
+
+@pytest.mark.parametrize("decay_steps", [0, 3, 5])
+def test_a_run_that_ends_in_its_warm_up_warms_up_and_never_divides_by_zero(decay_steps):
+    config = OptimizerConfig(decay="cosine", warmup_steps=5, decay_steps=decay_steps, min_lr_ratio=0.25)
+    assert [config.lr_factor(step) for step in range(5)] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    # Steps the run does not reach: the peak, then the floor.
+    assert (config.lr_factor(5), config.lr_factor(6)) == pytest.approx((1.0, 0.25))
 
 
 TREE_SCALED = AdvantageConfig(credit="trajectory", scale="tree")

@@ -65,9 +65,6 @@ class OptimizerConfig:
             raise ValueError(f"invalid OptimizerConfig: {self}")
         if self.decay not in LR_DECAYS:
             raise ValueError(f"OptimizerConfig.decay={self.decay!r}: choose one of {', '.join(LR_DECAYS)}")
-        if self.decay != "constant" and self.decay_steps <= self.warmup_steps:
-            raise ValueError(f"OptimizerConfig.decay={self.decay!r} needs decay_steps ({self.decay_steps}) "
-                             f"greater than warmup_steps ({self.warmup_steps})")
 
     def lr_factor(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based), as a fraction of the peak rate."""
@@ -75,7 +72,8 @@ class OptimizerConfig:
             return (step + 1) / (self.warmup_steps + 1)
         if self.decay == "constant":
             return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
+        # decay_steps is the run's length: one no longer than its warm-up never gets here before it ends.
+        progress = min(1.0, (step - self.warmup_steps) / max(self.decay_steps - self.warmup_steps, 1))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.decay == "cosine" else 1 - progress
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
 

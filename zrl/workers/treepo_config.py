@@ -183,9 +183,6 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
-        if self.lr_decay != "constant" and self.total_steps <= self.warmup_steps:
-            raise ValueError(f"lr_decay={self.lr_decay} decays from the end of the warm-up to the last step, so it "
-                             f"needs total_steps ({self.total_steps}) > warmup_steps ({self.warmup_steps})")
 
 
 @dataclass(frozen=True)
