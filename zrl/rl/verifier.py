@@ -164,20 +164,21 @@ class Verifier:
             if predicted is None:
                 self.stats.no_answer += 1
                 verdicts[i] = Verdict.NO_ANSWER
-            elif "".join(predicted.split()) == "".join(str(truth).split()):
+            elif (verdict := self._judge_without_pool(predicted, str(truth))) is not None:
                 self.stats.shortcut += 1
-                verdicts[i] = Verdict.CORRECT
-            elif (equal := self._plain_integers_equal(predicted, str(truth))) is not None:
-                self.stats.shortcut += 1
-                verdicts[i] = Verdict.CORRECT if equal else Verdict.WRONG
+                verdicts[i] = verdict
             else:
                 jobs.append(_Job(i, predicted, str(truth)))
         if jobs:
             self._run(jobs, verdicts)
         return [v if v is not None else Verdict.ERROR for v in verdicts]
 
-    def _plain_integers_equal(self, predicted: str, truth: str) -> bool | None:
-        return plain_integers_equal(predicted, truth) if self._judges_plain_integers else None
+    def _judge_without_pool(self, predicted: str, truth: str) -> Verdict | None:
+        """CORRECT for the truth as text; with math-verify, the verdict on two plain integers; else None."""
+        if "".join(predicted.split()) == "".join(truth.split()):
+            return Verdict.CORRECT
+        equal = plain_integers_equal(predicted, truth) if self._judges_plain_integers else None
+        return None if equal is None else Verdict.CORRECT if equal else Verdict.WRONG
 
     def rewards(self, responses: Sequence[str], truths: Sequence[str], lengths: Sequence[int] | None = None,
                 cap: int | None = None) -> tuple[list[float], list[Verdict]]:
