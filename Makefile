@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning bench-packing clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning bench-learning-sweep bench-packing clean
 
 setup: $(STAMP)
 
@@ -49,10 +49,15 @@ bench-overlap: $(STAMP)
 bench-control: $(STAMP)
 	$(PY) benchmarks/control_hmac.py $(ARGS)
 
-# About twice the length of `make run`: zrl's run, then TRL's GRPOTrainer (in its own venv) for as long.
+# Choose each side's learning rate on the validation split: 3 rates x (zrl's run + 10 min of TRL), about 45 min.
+bench-learning-sweep: $(STAMP)
+	bash scripts/setup-peer-env.sh .venv-peer
+	$(PY) benchmarks/learning.py sweep $(ARGS)
+
+# zrl against TRL's GRPOTrainer (in its own venv) on the test split, 3 seeds each at the chosen rates, about 45 min.
 bench-learning: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
-	$(PY) benchmarks/learning.py $(ARGS)
+	$(PY) benchmarks/learning.py report $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-peer .pytest_cache .hypothesis

@@ -46,6 +46,10 @@ ALIASES = {
     "heldout.style": _each(("evaluator",), "problems.file.style"),
     "heldout.prompt_template": _each(("evaluator",), "problems.file.prompt_template"),
     "heldout.count": _each(("evaluator",), "problems.count"),
+    # Choose settings on heldout.split=validation; report on the default, heldout (the test set).
+    "heldout.split": _each(("evaluator",), "problems.split"),
+    # One seed for the run: the trainer's torch seed, the policy engine's sampler and the rollout's shuffle.
+    "seed": ("workers.trainer.config.seed", "workers.policy.config.engine.seed", "workers.rollout.config.shuffle_seed"),
     "total_steps": _each(("trainer",), "total_steps"),
     "prompts_per_step": _each(("trainer", "rollout"), "prompts_per_step"),
     "max_staleness": _each(("trainer", "rollout"), "max_staleness"),

@@ -14,5 +14,6 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 if ! (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1); then
   "${PIP[@]}" "torch==2.13.0"
 fi
-"${PIP[@]}" "trl==1.16.0" "transformers>=4.56" "datasets" "safetensors" "tokenizers"
+# math-verify and xxhash: the peer is scored by zrl's own evaluation (engine, verifier), imported from the repository.
+"${PIP[@]}" "trl==1.16.0" "transformers>=4.56" "datasets" "safetensors" "tokenizers" "math-verify>=0.7" "xxhash>=3" "msgpack>=1.0"
 echo "setup-peer-env: done ($VENV)"

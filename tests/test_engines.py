@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from fixtures_tiny import full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
+from fixtures_tiny import engine_trainer_mismatch, full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -53,6 +53,11 @@ def test_sampled_logprobs_match_a_full_forward_pass(engine, prompts):
     for prefix, result in zip(prompts, engine.generate(requests), strict=True):
         expected = full_forward_logprobs(engine.model, prefix, result.token_ids)
         assert max(abs(a - b) for a, b in zip(expected, result.logprobs, strict=True)) < 1e-4
+
+
+def test_the_trainer_recomputes_the_logprobs_the_engine_sampled_with(engine, tiny_model_dir):  # noqa: F811
+    metrics = engine_trainer_mismatch(engine, tiny_model_dir)
+    assert metrics["logprob_mismatch_on_policy"] < 1e-3, metrics
 
 
 def test_eos_stops_a_sequence_and_is_its_last_token(engine, tiny_model_dir):  # noqa: F811

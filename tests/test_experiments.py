@@ -46,3 +46,16 @@ def test_help_lists_the_experiment_keys():
     assert "--dry-run" in result.stdout
     assert "workers.consumer.config.expected_samples (int, default 400): Distinct samples" in result.stdout
     assert "name_resolve (str, default ''): Name service URL" in result.stdout
+
+
+def test_the_treepo_experiment_evaluates_on_validation_and_seeds_a_run_by_one_key():
+    treepo = next(path for path in EXPERIMENTS if path.name == "treepo_math.py")
+    default = resolve_config(str(treepo), [])
+    assert default.workers["evaluator"].config.problems.split == "heldout"
+    config = resolve_config(str(treepo), ["heldout.split=validation", "seed=3"])
+    assert config.workers["evaluator"].config.problems.split == "validation"
+    assert config.workers["trainer"].config.seed == 3
+    assert config.workers["policy"].config.engine.seed == 3
+    assert config.workers["rollout"].config.shuffle_seed == 3
+    with pytest.raises(Exception, match="heldout.split"):
+        resolve_config(str(treepo), ["heldout.split=test"])

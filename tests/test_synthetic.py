@@ -17,8 +17,16 @@ def test_same_seed_same_problems_and_seed_changes_them():
 
 def test_splits_do_not_overlap():
     train = {p.prompt for p in generate_problems("train", 3000)}
+    validation = {p.prompt for p in generate_problems("validation", 500)}
     heldout = {p.prompt for p in generate_problems("heldout", 500)}
-    assert train and heldout and not train & heldout
+    assert train and validation and heldout
+    assert not train & heldout and not train & validation and not validation & heldout
+
+
+def test_the_test_set_is_the_same_as_before_the_validation_split():
+    # The held-out (test) problems kept their expressions and order when validation was carved out of training.
+    assert [p.prompt for p in generate_problems("heldout", 3)] == [
+        "Compute 4+1-5-4.\n", "Compute 4+5-5-7.\n", "Compute 7+3+4+2.\n"]
 
 
 def test_answers_are_correct_and_solutions_end_in_boxed_answer():
@@ -59,10 +67,10 @@ def test_bad_arguments_are_named():
     # A space of one expression lies wholly in one split, so the other split cannot be drawn.
     single = ArithmeticConfig(min_ops=1, max_ops=1, max_operand=1, operators="+")
     failures = 0
-    for split in ("train", "heldout"):
+    for split in ("train", "validation", "heldout"):
         try:
             generate_problems(split, 1, config=single)
         except ValueError as error:
             assert "too small" in str(error)
             failures += 1
-    assert failures == 1
+    assert failures == 2

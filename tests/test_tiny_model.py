@@ -1,19 +1,34 @@
 import hashlib
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from fixtures_tiny import tiny_model_dir  # noqa: F401
 from safetensors.torch import load_file
 
-from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, generate_examples
+import zrl.rl.tiny_model as tiny_model
+from zrl.rl.evaluation import score_model_dir
+from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, generate_examples, generate_problems
 from zrl.rl.tiny_model import (
+    SHIPPED_DIR,
+    ShippedModelError,
     TinyModelConfig,
     build_info,
     build_tiny_model,
+    compare_weights,
     default_cache_dir,
     load_tokenizer,
     make_tokenizer,
+    rebuild,
+    shipped_tiny_model,
+    verify_checksums,
 )
+
+# The shipped model's greedy accuracy on the first 200 held-out (test) problems: the README's "What to expect"
+# states it, and every run of the default experiment starts from it.
+SHIPPED_HELDOUT_ACCURACY = 0.355
 
 # A quick recipe: the tests here check the build machinery, not the model's skill.
 QUICK = TinyModelConfig(num_layers=2, train_steps=6, batch_size=4, train_examples=64, log_every=3)
@@ -87,3 +102,63 @@ def test_saved_model_loads_with_transformers(tiny_model_dir):  # noqa: F811
     assert config.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert build_info(tiny_model_dir)["config"]["seed"] == 0
+
+
+def test_the_default_model_is_the_shipped_one_and_nothing_is_built(tmp_path, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("the default tiny model was built instead of taken from the package")
+
+    monkeypatch.setattr(tiny_model, "_build_into", no_build)
+    assert build_tiny_model(tmp_path) == SHIPPED_DIR == build_tiny_model(config=TinyModelConfig())
+    assert list(tmp_path.iterdir()) == []
+    # The shipped build record is the default recipe's: a changed recipe or default config must be shipped anew.
+    recorded = TinyModelConfig.from_build_info(build_info(SHIPPED_DIR))
+    assert recorded == TinyModelConfig() and build_info(SHIPPED_DIR)["recipe"] == tiny_model.RECIPE_VERSION
+
+
+def test_a_corrupted_or_missing_shipped_file_is_named_with_what_to_do(tmp_path):
+    copy = tmp_path / "tiny"
+    shutil.copytree(SHIPPED_DIR, copy)
+    verify_checksums(copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ShippedModelError, match=r"model\.safetensors is corrupted.*--rebuild"):
+        shipped_tiny_model(copy)
+    (copy / "config.json").unlink()
+    with pytest.raises(ShippedModelError, match=r"config\.json is missing"):
+        verify_checksums(copy)
+    (copy / "SHA256SUMS").write_text("not a checksum line\n")
+    with pytest.raises(ShippedModelError, match="SHA256SUMS, line 1"):
+        verify_checksums(copy)
+
+
+def test_a_rebuild_writes_a_verified_directory_and_reports_its_difference(tmp_path):
+    first = rebuild(tmp_path / "a", QUICK)
+    verify_checksums(first)
+    same = compare_weights(first, rebuild(tmp_path / "b", QUICK))
+    assert same.identical == same.tensors > 0 and same.max_abs_diff == 0.0
+    other = compare_weights(first, rebuild(tmp_path / "c", TinyModelConfig(**{**QUICK.__dict__, "seed": 1})))
+    assert other.identical < other.tensors and other.max_abs_diff > 0
+    with pytest.raises(FileExistsError, match="not empty"):
+        rebuild(first, QUICK)
+
+
+def test_the_command_line_verifies_the_shipped_model():
+    result = subprocess.run([sys.executable, "-m", "zrl.rl.tiny_model", "--verify"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"shipped tiny model: {SHIPPED_DIR} (checksums match)" in result.stdout
+    usage = subprocess.run([sys.executable, "-m", "zrl.rl.tiny_model", "--help"], capture_output=True, text=True,
+                           timeout=120)
+    assert "--rebuild DIR" in usage.stdout and "--verify" in usage.stdout
+
+
+def test_the_shipped_model_starts_at_the_accuracy_the_readme_states():
+    score = score_model_dir(SHIPPED_DIR, generate_problems("heldout", 200))
+    assert score.accuracy == SHIPPED_HELDOUT_ACCURACY
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"{SHIPPED_HELDOUT_ACCURACY:.3f}" in readme
+    # Every answer ends in a boxed number, and the model is far from its ceiling: there is room to learn.
+    assert score.answered == 1.0 and score.accuracy < 0.5

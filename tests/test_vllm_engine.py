@@ -5,11 +5,13 @@ import importlib.util
 import pytest
 import torch
 from conftest import require
-from fixtures_tiny import full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
+from fixtures_tiny import engine_trainer_mismatch, full_forward_logprobs, heldout_prompt_ids, tiny_model_dir  # noqa: F401
 
 from zrl.engines.base import GenerationRequest, SamplingParams
 from zrl.engines.factory import make_engine
 from zrl.engines.hf import read_state_dict
+from zrl.rl.synthetic import generate_examples
+from zrl.rl.tiny_model import load_tokenizer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 GREEDY = SamplingParams(temperature=0.0)
@@ -39,13 +41,22 @@ def _ids(results):
     return [r.token_ids for r in results]
 
 
-def test_greedy_continuation_matches_hf(vllm_engine, hf_engine, prompts):
-    prefixes = [prompts[0], prompts[1][:5], prompts[2] + [5, 6], prompts[3]]
+def _all_but_the_closing_brace(model_dir) -> list[int]:
+    """A held-out prompt and its whole worked solution but the last `}`: the shipped model closes the box and ends,
+    so a greedy continuation of it ends with EOS within a few tokens."""
+    example = generate_examples("heldout", 1, seed=9)[0]
+    text = example.problem.prompt + example.solution
+    assert text.endswith("}")
+    return load_tokenizer(model_dir)(text[:-1], add_special_tokens=False)["input_ids"]
+
+
+def test_greedy_continuation_matches_hf(vllm_engine, hf_engine, prompts, tiny_model_dir):  # noqa: F811
+    prefixes = [prompts[0], prompts[1][:5], prompts[2] + [5, 6], _all_but_the_closing_brace(tiny_model_dir)]
     requests = [GenerationRequest(p, 40, GREEDY, f"q{i}") for i, p in enumerate(prefixes)]
     got = vllm_engine.generate(requests)
     assert [r.request_id for r in got] == ["q0", "q1", "q2", "q3"]
     assert _ids(got) == _ids(hf_engine.generate(requests))
-    assert any(r.eos and r.token_ids[-1] == vllm_engine.eos_token_id for r in got)
+    assert got[3].eos and got[3].token_ids[-1] == vllm_engine.eos_token_id and len(got[3].token_ids) <= 3, got[3]
     assert vllm_engine.eos_token_id == hf_engine.eos_token_id
 
 
@@ -55,6 +66,11 @@ def test_sampled_logprobs_are_close_to_hf(vllm_engine, hf_engine, prompts):
         assert len(result.logprobs) == len(result.token_ids) >= 1
         expected = full_forward_logprobs(hf_engine.model, prefix, result.token_ids)
         assert max(abs(a - b) for a, b in zip(expected, result.logprobs, strict=True)) < 1e-4
+
+
+def test_the_trainer_recomputes_the_logprobs_vllm_sampled_with(vllm_engine, tiny_model_dir):  # noqa: F811
+    metrics = engine_trainer_mismatch(vllm_engine, tiny_model_dir)
+    assert metrics["logprob_mismatch_on_policy"] < 1e-3, metrics
 
 
 def test_reload_changes_outputs_like_hf_on_the_same_weights(vllm_engine, hf_engine, prompts, tiny_model_dir):  # noqa: F811

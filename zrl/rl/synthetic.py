@@ -2,7 +2,9 @@
 
 A problem is an expression such as `3+4*2-5`. Its solution reduces the expression one operation at a time
 (multiplications first, then left to right), one step per line, and ends in `\\boxed{6}`. Problems are a pure
-function of (seed, split, index), and the train and held-out splits never share an expression.
+function of (seed, split, index), and no two splits share an expression: `train` (what models learn from),
+`validation` (the only set used to choose settings) and `heldout` (the test set that reported figures are measured
+on, which no choice has seen).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from zrl.rl.problem import Problem
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "validation", "heldout")
 PROMPT_TEMPLATE = "Compute {expression}.\n"
 # Every character a prompt or a solution may contain; the tiny model's tokenizer is built over it.
 ALPHABET = "0123456789+-*=:.,\n Compute so\\boxed{}"
@@ -69,8 +71,10 @@ def solve(operands: list[int], ops: list[str]) -> tuple[str, int]:
 
 
 def _split_of(expression: str) -> str:
-    """Assign an expression to a split by its hash, so the splits are disjoint by construction (1 in 8 held out)."""
-    return "heldout" if hashlib.sha256(expression.encode()).digest()[0] % 8 == 0 else "train"
+    """Assign an expression to a split by its hash, so the splits are disjoint by construction: 1 in 8 held out for
+    testing, 1 in 8 for validation, the rest for training."""
+    bucket = hashlib.sha256(expression.encode()).digest()[0] % 8
+    return "heldout" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
 def _draw(rng: random.Random, config: ArithmeticConfig) -> tuple[list[int], list[str]]:
@@ -91,7 +95,7 @@ class Example:
 def generate_examples(
     split: str, count: int, seed: int = 0, config: ArithmeticConfig | None = None
 ) -> list[Example]:
-    """`count` examples of `split` ('train' or 'heldout'), the same for the same arguments."""
+    """`count` examples of `split` ('train', 'validation' or 'heldout'), the same for the same arguments."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
     if count < 0:

@@ -1,9 +1,15 @@
 """A tiny Qwen2-architecture model with a character-level tokenizer, warm-started on the synthetic arithmetic data.
 
 `build_tiny_model()` returns a directory that `transformers.AutoModelForCausalLM.from_pretrained` and vLLM can both
-load. The directory is cached: its name holds a hash of the build config and of `RECIPE_VERSION`, so a changed
-recipe builds a new one, and it is written to a temporary directory and renamed into place, so a concurrent reader
-never sees a partial build.
+load. The default model is shipped with zrl (`zrl/rl/tiny_model_files/`, about 2 MB, with the checksums of its
+files): a warm start on the CPU gives slightly different weights on different processors, and every figure in the
+documentation is measured from the shipped bits. Any other config is built by the recipe and cached: the cache
+directory's name holds a hash of the build config and of `RECIPE_VERSION`, so a changed recipe builds a new one,
+and it is written to a temporary directory and renamed into place, so a concurrent reader never sees a partial
+build.
+
+    python -m zrl.rl.tiny_model --verify          # check the shipped files against their checksums
+    python -m zrl.rl.tiny_model --rebuild DIR     # rebuild by the recipe and compare with the shipped model
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, Example, generate_examp
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe (code, not config) changes, so cached models are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 BUILD_INFO = "zrl_build.json"
+CHECKSUMS = "SHA256SUMS"
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model_files"
+"""The shipped build of the default `TinyModelConfig()`."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,12 @@ class TinyModelConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"TinyModelConfig.lr_schedule={self.lr_schedule!r} must be 'constant' or 'cosine'")
+
+    @classmethod
+    def from_build_info(cls, info: dict) -> TinyModelConfig:
+        """The config recorded in a build record (`zrl_build.json`)."""
+        recorded = dict(info["config"])
+        return cls(**{**recorded, "data": ArithmeticConfig(**recorded["data"])})
 
     def cache_key(self) -> str:
         payload = json.dumps({"recipe": RECIPE_VERSION, "config": dataclasses.asdict(self)}, sort_keys=True)
@@ -198,8 +213,74 @@ def _build_into(directory: Path, config: TinyModelConfig) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
+class ShippedModelError(RuntimeError):
+    """The shipped tiny model is missing or its files do not match their checksums."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record the SHA-256 of every file of a model directory in its `SHA256SUMS`."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    (directory / CHECKSUMS).write_text("".join(f"{_sha256(directory / name)}  {name}\n" for name in names))
+
+
+def verify_checksums(directory: Path) -> None:
+    """Raise `ShippedModelError`, naming the file, unless every file listed in `SHA256SUMS` has its recorded hash."""
+    restore = ("reinstall zrl (or `git checkout -- zrl/rl/tiny_model_files`), or rebuild a model by the recipe with "
+               "`python -m zrl.rl.tiny_model --rebuild DIR` and pass model.path=DIR")
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        raise ShippedModelError(f"the tiny model in {directory} has no {CHECKSUMS}: {restore}")
+    for line_number, line in enumerate(listing.read_text().splitlines(), 1):
+        recorded, _, name = line.partition("  ")
+        if not name or len(recorded) != 64:
+            raise ShippedModelError(f"{listing}, line {line_number}: expected '<sha256>  <file>', got {line!r}")
+        path = directory / name
+        if not path.is_file():
+            raise ShippedModelError(f"the tiny model's file {path} is missing: {restore}")
+        actual = _sha256(path)
+        if actual != recorded:
+            raise ShippedModelError(f"the tiny model's file {path} is corrupted: its SHA-256 is {actual}, "
+                                    f"{CHECKSUMS} records {recorded}: {restore}")
+
+
+_verified: set[Path] = set()
+
+
+def shipped_tiny_model(directory: Path = SHIPPED_DIR) -> Path:
+    """The shipped tiny model's directory, its files checked against their checksums (once per process)."""
+    if directory not in _verified:
+        verify_checksums(directory)
+        _verified.add(directory)
+    return directory
+
+
+def _shipped_config_key(directory: Path) -> str | None:
+    try:
+        info = build_info(directory)
+        return TinyModelConfig.from_build_info(info).cache_key() if info.get("recipe") == RECIPE_VERSION else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def build_tiny_model(cache_dir: Path | str | None = None, config: TinyModelConfig | None = None) -> Path:
-    """Build (or reuse from the cache) the tiny warm-started model; returns its directory."""
+    """The tiny warm-started model's directory: the shipped one for the default config (checked against its
+    checksums), otherwise built by the recipe (or reused from the cache)."""
+    config = config or TinyModelConfig()
+    if config.cache_key() == _shipped_config_key(SHIPPED_DIR):
+        return shipped_tiny_model()
+    return build_tiny_model_from_recipe(cache_dir, config)
+
+
+def build_tiny_model_from_recipe(cache_dir: Path | str | None = None, config: TinyModelConfig | None = None) -> Path:
+    """Build (or reuse from the cache) the tiny warm-started model by the recipe; returns its directory."""
     config = config or TinyModelConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / f"tiny-qwen2-{config.cache_key()}"
@@ -227,8 +308,7 @@ def _build_locked(root: Path, target: Path, config: TinyModelConfig) -> None:
         torch.set_num_threads(config.threads)
         log.info("building tiny model %s in %s", target.name, root)
         _build_into(staging, config)
-        info = {"recipe": RECIPE_VERSION, "config": dataclasses.asdict(config), "build_s": time.monotonic() - started}
-        (staging / BUILD_INFO).write_text(json.dumps(info, indent=1))
+        _write_build_info(staging, config, time.monotonic() - started)
         try:
             staging.rename(target)
         except OSError:
@@ -241,6 +321,100 @@ def _build_locked(root: Path, target: Path, config: TinyModelConfig) -> None:
     log.info("built tiny model %s in %.1fs", target, time.monotonic() - started)
 
 
+def _write_build_info(directory: Path, config: TinyModelConfig, build_s: float) -> None:
+    info = {"recipe": RECIPE_VERSION, "config": dataclasses.asdict(config), "build_s": round(build_s, 1),
+            "torch": torch.__version__}
+    (directory / BUILD_INFO).write_text(json.dumps(info, indent=1))
+
+
+def rebuild(directory: Path, config: TinyModelConfig | None = None) -> Path:
+    """Build the model by the recipe into `directory` (which must not exist), with its build record and checksums."""
+    config = config or TinyModelConfig()
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} exists and is not empty; name a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    started = time.monotonic()
+    try:
+        torch.set_num_threads(config.threads)
+        _build_into(directory, config)
+    finally:
+        torch.set_num_threads(threads)
+    _write_build_info(directory, config, time.monotonic() - started)
+    write_checksums(directory)
+    return directory
+
+
 def build_info(path: Path | str) -> dict:
     """The build record of a tiny model directory (config and build time)."""
     return json.loads((Path(path) / BUILD_INFO).read_text())
+
+
+@dataclass(frozen=True)
+class WeightsDifference:
+    """How the weights of two model directories differ."""
+
+    tensors: int
+    """Tensors in the first model."""
+    identical: int
+    """Tensors bit-identical in both."""
+    max_abs_diff: float
+    """Largest absolute difference of any weight (inf when the two models' tensors do not match up)."""
+
+
+def compare_weights(first: Path, second: Path) -> WeightsDifference:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    if a.keys() != b.keys() or any(a[name].shape != b[name].shape for name in a):
+        return WeightsDifference(len(a), 0, float("inf"))
+    identical = sum(torch.equal(a[name], b[name]) for name in a)
+    worst = max((a[name].float() - b[name].float()).abs().max().item() for name in a)
+    return WeightsDifference(len(a), identical, worst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m zrl.rl.tiny_model",
+        description="The tiny built-in model: check the shipped copy, or rebuild it by the recipe and compare.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--verify", action="store_true", help="check the shipped files against their checksums")
+    action.add_argument("--rebuild", metavar="DIR", type=Path,
+                        help="build the default model by the recipe into DIR (a new directory; about 2.5 min on "
+                             "one core) and print how it differs from the shipped one")
+    parser.add_argument("--heldout", type=int, default=200,
+                        help="held-out (test) problems on which --rebuild compares greedy accuracy (0: skip)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verify:
+        try:
+            print(f"shipped tiny model: {shipped_tiny_model()} (checksums match)")
+        except ShippedModelError as error:
+            print(f"error: {error}")
+            return 1
+        return 0
+    built = rebuild(args.rebuild)
+    shipped = shipped_tiny_model()
+    difference = compare_weights(shipped, built)
+    print(f"rebuilt {built} in {build_info(built)['build_s']:.0f} s")
+    if difference.identical == difference.tensors:
+        print(f"weights: all {difference.tensors} tensors bit-identical to the shipped model")
+    else:
+        print(f"weights: {difference.identical} of {difference.tensors} tensors bit-identical to the shipped model; "
+              f"largest difference {difference.max_abs_diff:.3g}")
+    if args.heldout:
+        from zrl.rl.evaluation import score_model_dir
+        from zrl.rl.synthetic import generate_problems
+
+        problems = generate_problems("heldout", args.heldout)
+        for label, path in (("shipped", shipped), ("rebuilt", built)):
+            score = score_model_dir(path, problems)
+            print(f"{label}: greedy accuracy {score.accuracy:.3f} on {len(problems)} held-out problems "
+                  f"({score.answered:.3f} answered)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

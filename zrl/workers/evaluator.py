@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zrl.engines.base import GenerationRequest, SamplingParams
 from zrl.paramdb import ParamDBError, VersionNotFoundError
-from zrl.rl.verifier import Verdict, Verifier, VerifierConfig
+from zrl.rl.evaluation import greedy_score
+from zrl.rl.verifier import Verifier, VerifierConfig
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.treepo_common import (
     FINAL_TAG,
@@ -40,7 +40,8 @@ class EvaluatorWorker(Worker):
         path = model_path(config.model)
         self.tokenizer = load_tokenizer(path)
         self.problems = load_problems(config.problems)
-        self.prompts = [self.tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in self.problems]
+        source = config.problems
+        self.problem_set = f"synthetic/{source.split}" if source.kind == "synthetic" else source.file.path
         self.engine = make_engine(config.engine.kind, path, version=0, **config.engine.engine_kwargs())
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.verifier = Verifier(VerifierConfig(workers=1), logger=self.logger)
@@ -83,19 +84,14 @@ class EvaluatorWorker(Worker):
         started = time.perf_counter()
         if weights is not None:
             self.engine.load_weights(weights, version, adopt=True)
-        greedy = SamplingParams(temperature=0.0)
-        requests = [GenerationRequest(ids, self.config.max_new_tokens, greedy, str(i))
-                    for i, ids in enumerate(self.prompts)]
-        results = self.engine.generate(requests)
-        texts = [self.tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
-        verdicts = self.verifier.verify_many(texts, [p.answer for p in self.problems])
-        accuracy = sum(v is Verdict.CORRECT for v in verdicts) / len(verdicts)
-        answered = sum(v is not Verdict.NO_ANSWER for v in verdicts) / len(verdicts)
+        score = greedy_score(self.engine, self.tokenizer, self.problems, self.verifier, self.config.max_new_tokens)
+        accuracy = score.accuracy
         seconds = time.perf_counter() - started
         self.evaluated[version] = accuracy
         self.metrics.write("eval", version, {
-            "heldout_accuracy": accuracy, "heldout_answered": answered, "heldout_problems": len(self.problems),
-            "heldout_response_tokens": sum(len(r.token_ids) for r in results) / len(results), "eval_s": seconds})
+            "heldout_accuracy": accuracy, "heldout_answered": score.answered, "heldout_problems": len(self.problems),
+            "heldout_set": self.problem_set, "heldout_response_tokens": score.mean_response_tokens,
+            "eval_s": seconds})
         self.headline = {"heldout": f"{accuracy:.3f}@v{version}"}
         self.logger.info("version %d: held-out accuracy %.3f on %d problems (%.1f s)", version, accuracy,
                          len(self.problems), seconds)

@@ -40,8 +40,9 @@ class ProblemSource:
     """'synthetic' (generated arithmetic) or 'file' (a jsonl/parquet dataset; see `file.*`)."""
     count: int = 20000
     """Synthetic problems to generate (kind=synthetic)."""
-    split: Literal["train", "heldout"] = "train"
-    """Synthetic split (kind=synthetic); the two splits never share a problem."""
+    split: Literal["train", "validation", "heldout"] = "train"
+    """Synthetic split (kind=synthetic): train, validation (for choosing settings) or heldout (the test set); no two
+    splits share a problem."""
     seed: int = 0
     """Seed of the synthetic generator."""
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
