@@ -173,6 +173,26 @@ def test_the_control_channel_with_curve_answers_only_clients_with_the_keys():
         signing_key_only.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_control_request_over_a_refused_connection_times_out_instead_of_blocking():
+    # The client holds no CURVE keys, so every handshake with the server fails; once it has, the DEALER has no
+    # connection to queue on, and a send that blocked would hang the controller for good.
+    server = ControlServer("t1", "w/0", key=KEY, curve=KEYS)
+    client = ControlClient("t1", key=KEY)
+    try:
+        client.connect("w/0", server.address)
+        for _ in range(5):
+            started = time.monotonic()
+            reply = client.request("w/0", "status", timeout=0.5)["w/0"]
+            assert reply.timed_out and not reply.ok, reply
+            assert time.monotonic() - started < 5
+            time.sleep(0.3)
+            server.recv(0.01)
+    finally:
+        server.close()
+        client.close()
+
+
 def test_servers_of_two_trials_in_one_context_each_take_only_their_own_clients():
     context = zmq.Context()
     consumers = {keys.server_public: IpSampleConsumer(context=context, curve=keys) for keys in (KEYS, OTHER)}

@@ -318,13 +318,22 @@ class ControlClient:
             raise ValueError(f"unknown control command {command!r}; allowed: {', '.join(COMMANDS)}")
         body_frames = wire.encode(payload or {})
         pending: dict[str, str] = {}
+        replies: dict[str, ControlReply] = {}
         for worker_id in self.select(target):
             message_id = uuid.uuid4().hex
             header = {"v": PROTOCOL_VERSION, "trial": self.trial, "sender": self.sender, "recipient": worker_id,
                       "id": message_id, "command": command}
-            self._sockets[worker_id].send_multipart(_signed_frames(self._key, header, body_frames), copy=False)
+            try:
+                # Never block: a DEALER whose only connection failed its handshake (or is full) has nowhere to
+                # queue, and a blocking send would wait for good.
+                self._sockets[worker_id].send_multipart(_signed_frames(self._key, header, body_frames), copy=False,
+                                                        flags=zmq.NOBLOCK)
+            except zmq.Again:
+                replies[worker_id] = ControlReply(worker_id, ok=False, timed_out=True, error=ErrorInfo(
+                    "ConnectionError", f"no connection to worker {worker_id} at {self._addresses[worker_id]} to "
+                    f"send {command!r} on (refused, not yet up, or full)"))
+                continue
             pending[worker_id] = message_id
-        replies: dict[str, ControlReply] = {}
         poller = zmq.Poller()
         by_socket = {self._sockets[w]: w for w in pending}
         for sock in by_socket:
