@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -168,3 +169,16 @@ def test_progress_line_shows_the_workers_headlines():
     assert headline_text(workers) == "step 3/10 | reward -0.50 | eta 1m10s | heldout 0.250@v0"
     line = Progress(1.0, None).line(workers, 12.0, time.monotonic())
     assert line.startswith("[   12.0s] step 3/10 | reward -0.50") and line.endswith("| RUNNING 3")
+
+
+def test_a_run_shorter_than_the_progress_interval_still_ends_with_a_progress_line():
+    workers = {"trainer/0": SimpleNamespace(status="COMPLETED", last_reply=reply(headline={"step": "4/4"}))}
+    out = io.StringIO()
+    progress = Progress(60.0, out)
+    progress.maybe_print(workers, 0.5)
+    progress.maybe_print(workers, 0.6)  # within the interval: nothing more
+    progress.print_final(workers, 0.7)
+    assert out.getvalue().splitlines() == ["[    0.5s] step 4/4 | COMPLETED 1", "[    0.7s] step 4/4 | COMPLETED 1"]
+    silent = io.StringIO()
+    Progress(0.0, silent).print_final(workers, 0.7)
+    assert silent.getvalue() == ""

@@ -24,6 +24,11 @@ class Progress:
             return
         print(self.line(workers, elapsed_s, now), file=self.out, flush=True)
 
+    def print_final(self, workers: Mapping[str, Any], elapsed_s: float) -> None:
+        """Print the line as the run ends, however short the run was (unless progress lines are off)."""
+        if self.interval_s:
+            print(self.line(workers, elapsed_s, time.monotonic()), file=self.out, flush=True)
+
     def line(self, workers: Mapping[str, Any], elapsed_s: float, now: float) -> str:
         counts = Counter(state.status for state in workers.values())
         samples = sum(int(state.last_reply.get("sample_count", 0)) for state in workers.values())

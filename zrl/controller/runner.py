@@ -271,9 +271,10 @@ class Controller:
             self._check_statuses()
             self._relaunch_due()
             self._rejoin_due()
-            self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
             if self._done():
+                self.progress.print_final(self.workers, time.monotonic() - self.started_at)
                 return
+            self.progress.maybe_print(self.workers, time.monotonic() - self.started_at)
             if max_run and time.monotonic() - self.started_at > max_run:
                 raise TimeoutError(f"the experiment ran longer than timeouts.max_run_s={max_run:g} s")
             time.sleep(interval)
