@@ -49,12 +49,13 @@ bench-overlap: $(STAMP)
 bench-control: $(STAMP)
 	$(PY) benchmarks/control_hmac.py $(ARGS)
 
-# Choose each side's learning rate on the validation split: 3 rates x (zrl's run + 10 min of TRL), about 45 min.
+# Choose each side's learning rate on the validation split: 3 rates x (zrl's run + 10 min of TRL), about 65 min.
 bench-learning-sweep: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
 	$(PY) benchmarks/learning.py sweep $(ARGS)
 
-# zrl against TRL's GRPOTrainer (in its own venv) on the test split, 3 seeds each at the chosen rates, about 45 min.
+# zrl against TRL's GRPOTrainer (in its own venv) on the test split, 3 seeds each at the chosen rates, about 10 min
+# of training a side (zrl: `make run`, 2000 steps), about 65 min.
 bench-learning: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
 	$(PY) benchmarks/learning.py report $(ARGS)

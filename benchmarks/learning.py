@@ -6,8 +6,8 @@ that keeps every choice off the test set.
 
 Both sides start from the shipped tiny model, train on the same synthetic problems and are judged by the same
 evaluation (`zrl.rl.evaluation`: greedy, 64 new tokens, zrl's verifier, 200 problems). zrl runs
-`experiments/treepo_math.py` as `make run` does (500 steps), with `lr`, `seed` and the evaluated split overridden;
-the peer is `benchmarks/trl_grpo_peer.py` for `--minutes` of training. Runs go one after the other, each with the
+`experiments/treepo_math.py` as `make run` does, with `lr`, `seed`, the evaluated split and (`--zrl-steps`) the run
+length overridden; the peer is `benchmarks/trl_grpo_peer.py` for `--minutes` of training. Runs go one after the other, each with the
 whole machine.
 
 `sweep` runs each learning rate once per side on the validation split and picks, per side, the one whose curve has
@@ -53,11 +53,11 @@ PEER_SETTINGS = ("8 prompts x 8 generations, 64 new tokens, DAPO loss, clip 0.2/
 
 
 def run_zrl(lr: float, seed: int, split: str, root: Path, extra: list[str]) -> Curve:
-    """(seconds since the first training step, accuracy) of each evaluation of one `make run`."""
+    """(seconds since the first training step, accuracy) of each evaluation of one run of the main job."""
     trial = f"learning-{int(time.time())}-{seed}"
     argv = [sys.executable, "-m", "zrl.controller", str(EXPERIMENT), f"trial={trial}", f"run_root={root}",
             "progress_interval_s=30", f"lr={lr}", f"seed={seed}", f"heldout.split={split}", *extra]
-    print(f"== zrl lr={lr} seed={seed} on {split}", flush=True)
+    print(f"== zrl lr={lr} seed={seed} on {split} {' '.join(extra)}", flush=True)
     if subprocess.run(argv, cwd=REPO).returncode != 0:
         raise SystemExit("the zrl run failed; see its output above")
     records = [json.loads(line) for line in (root / "treepo_math" / trial / "metrics.jsonl").read_text().splitlines()]
@@ -85,7 +85,8 @@ def run_peer(python: str, lr: float, seed: int, split: str, minutes: float, outp
 
 def run_side(side: str, args: argparse.Namespace, lr: float, seed: int, split: str, tmp: Path) -> Curve:
     if side == "zrl":
-        return run_zrl(lr, seed, split, tmp / "zrl", args.zrl_override)
+        steps = [f"total_steps={args.zrl_steps}"] if args.zrl_steps else []
+        return run_zrl(lr, seed, split, tmp / "zrl", [*steps, *args.zrl_override])
     return run_peer(args.peer_python, lr, seed, split, args.minutes, tmp / f"peer-{lr}-{seed}")
 
 
@@ -114,7 +115,8 @@ def sweep(args: argparse.Namespace) -> None:
     rows = [[f"{lr:g}", f"{scores['zrl'][lr]:.3f}", f"{scores['TRL'][lr]:.3f}"] for lr in args.lrs]
     body = (f"Learning-rate sweep on the **validation** split (200 problems, disjoint from the test set), seed "
             f"{args.seed}, one run per side and rate. Score: mean greedy accuracy at minutes 1..{args.minutes:g}. "
-            f"zrl: `experiments/treepo_math.py` (500 steps, cosine decay to a tenth) with `lr=`; TRL GRPOTrainer: "
+            f"zrl: `experiments/treepo_math.py` ({args.zrl_steps or 'its default'} steps, cosine decay to a tenth) with `lr=`; "
+            "TRL GRPOTrainer: "
             f"{PEER_SETTINGS}.\n\n" + markdown_table(["lr", "zrl", "TRL"], rows)
             + f"\n\nChosen: zrl lr {chosen['zrl']:g}, TRL lr {chosen['TRL']:g} (in `benchmarks/learning_choice.json`, "
             "read by `make bench-learning`).\n\nCurves (accuracy@minute):\n\n"
@@ -153,7 +155,9 @@ def report(args: argparse.Namespace) -> None:
     half = all(t is not None and t <= 30.0 * args.minutes for t in reach)
     body = (f"Greedy accuracy on the **held-out test** split (200 problems that no choice has seen) against minutes "
             f"of training, {len(args.seeds)} seeds per side ({', '.join(map(str, args.seeds))}): mean (lowest-highest). "
-            f"zrl: `experiments/treepo_math.py` as `make run` runs it (500 steps), lr {lrs['zrl']:g}; TRL "
+            f"zrl: `experiments/treepo_math.py` as `make run` runs it"
+            + (f" with total_steps={args.zrl_steps}" if args.zrl_steps else "")
+            + f" (cosine decay to a tenth over the run), lr {lrs['zrl']:g}; TRL "
             f"GRPOTrainer, lr {lrs['TRL']:g}, {PEER_SETTINGS}. Each side's learning rate is its best on the "
             f"validation split (section above, {choice['measured']}). Both start from the shipped model and are "
             "judged by the same evaluation (`zrl.rl.evaluation`).\n\n"
@@ -182,6 +186,9 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), help="sweep: learning rates")
     parser.add_argument("--seed", type=int, default=0, help="sweep: the seed of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="report: seeds per side (>= 3)")
+    parser.add_argument("--zrl-steps", type=int, default=0,
+                        help="zrl's run length in steps (0: the experiment's, 2000, about 9 min on this project's "
+                             "machine, as long as the peer's --minutes)")
     parser.add_argument("--zrl-override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra overrides of every zrl run")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")

@@ -11,7 +11,8 @@ from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
-TOTAL_STEPS = 500
+# About 9 minutes on a 2-core CPU: as long as the learning benchmark gives the peer (docs/benchmarks.md).
+TOTAL_STEPS = 2000
 PROMPTS_PER_STEP = 8
 MAX_STALENESS = 2
 # A cosine decay to a tenth at the last step, from a higher peak: the curve climbs faster early and steadies late.
@@ -21,6 +22,8 @@ LR_DECAY = "cosine"
 # width 8 share their first segments, so their siblings differ less and a step learns less (docs/benchmarks.md,
 # "learning"), and the transformers engine gains little from shared prefixes. Trees: tree.mode=tree credit=segment.
 SAMPLING_MODE = "independent"
+# An evaluation about every 30 s: it shares the CPU with training, so each one slows the run a little.
+EVAL_EVERY = 100
 # Small micro-batches of rows sorted by length: less padding, and activations that stay in the CPU's cache.
 MICRO_BATCH_TOKENS = 2048
 
@@ -88,7 +91,7 @@ def experiment() -> ExperimentConfig:
                                      max_staleness=MAX_STALENESS, lr=LEARNING_RATE, lr_decay=LR_DECAY,
                                      micro_batch_tokens=MICRO_BATCH_TOKENS,
                                      advantage=AdvantageConfig(credit="trajectory", scale="tree"))),
-            "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=40),
+            "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=EVAL_EVERY),
                                            resources=Resources(cpus=1, memory_mb=2048)),
             "rollout": WorkerGroupConfig(
                 type="rollout", after=("policy", "trainer", "evaluator"), resources=Resources(cpus=1, memory_mb=2048),
