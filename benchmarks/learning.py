@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = REPO / "experiments" / "treepo_math.py"
 PEER = Path(__file__).resolve().parent / "trl_grpo_peer.py"
 CHOICE_FILE = Path(__file__).resolve().parent / "learning_choice.json"
+RUNS_FILE = Path(__file__).resolve().parent / "learning_runs.json"
 SIDES = ("zrl", "TRL")
 DEFAULT_LRS = (4e-5, 8e-5, 1.6e-4)
 PEER_SETTINGS = ("8 prompts x 8 generations, 64 new tokens, DAPO loss, clip 0.2/0.28, no KL, constant learning rate "
@@ -139,47 +140,61 @@ def report(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             for side in SIDES:
                 runs[side].append(run_side(side, args, lrs[side], seed, "heldout", Path(tmp)))
-    grid = minutes_grid(args.minutes)
+    RUNS_FILE.write_text(json.dumps({
+        "split": "heldout", "minutes": args.minutes, "seeds": args.seeds, "zrl_steps": args.zrl_steps, "lr": lrs,
+        "chosen_on": choice["measured"], "measured": datetime.date.today().isoformat(), "curves": runs}) + "\n")
+    render(json.loads(RUNS_FILE.read_text()), args.no_doc)
+
+
+def render(saved: dict, no_doc: bool) -> None:
+    """The report's table and verdicts from the saved curves (`benchmarks/learning_runs.json`)."""
+    runs: dict[str, list[Curve]] = {side: [tuple(point) for point in saved["curves"][side]] for side in SIDES}
+    minutes, seeds, lrs = saved["minutes"], saved["seeds"], saved["lr"]
     rows, above = [], []
-    for minute in grid:
+    for minute in minutes_grid(minutes):
         at = {side: spread([accuracy_at(curve, 60.0 * minute) for curve in runs[side]]) for side in SIDES}
         lead = at["zrl"][0] - at["TRL"][0]
-        if minute >= 1:
+        if minute >= 2:
             above.append(lead > 0)
         rows.append([str(minute), _fmt(at["zrl"]), _fmt(at["TRL"]), f"{lead * 100:+.1f}"])
     start = spread([curve[0][1] for curve in runs["zrl"]])[0]
-    gains = [max(accuracy for t, accuracy in curve if t <= 60.0 * args.minutes) - curve[0][1] for curve in runs["zrl"]]
-    peer_best = max(accuracy_at(curve, 60.0 * args.minutes) for curve in runs["TRL"])
+    gains = [max(accuracy for t, accuracy in curve if t <= 60.0 * minutes) - curve[0][1] for curve in runs["zrl"]]
+    peer_best = max(accuracy_at(curve, 60.0 * minutes) for curve in runs["TRL"])
     reach = [time_to_reach(curve, peer_best) for curve in runs["zrl"]]
-    ratios = [f"{t / (60.0 * args.minutes):.2f}" if t is not None else "not reached" for t in reach]
-    half = all(t is not None and t <= 30.0 * args.minutes for t in reach)
+    ratios = [f"{t / (60.0 * minutes):.2f}" if t is not None else "not reached" for t in reach]
+    half = all(t is not None and t <= 30.0 * minutes for t in reach)
+    steps = saved.get("zrl_steps")
     body = (f"Greedy accuracy on the **held-out test** split (200 problems that no choice has seen) against minutes "
-            f"of training, {len(args.seeds)} seeds per side ({', '.join(map(str, args.seeds))}): mean (lowest-highest). "
-            f"zrl: `experiments/treepo_math.py` as `make run` runs it"
-            + (f" with total_steps={args.zrl_steps}" if args.zrl_steps else "")
-            + f" (cosine decay to a tenth over the run), lr {lrs['zrl']:g}; TRL "
-            f"GRPOTrainer, lr {lrs['TRL']:g}, {PEER_SETTINGS}. Each side's learning rate is its best on the "
-            f"validation split (section above, {choice['measured']}). Both start from the shipped model and are "
-            "judged by the same evaluation (`zrl.rl.evaluation`).\n\n"
+            f"of training, {len(seeds)} seeds per side ({', '.join(map(str, seeds))}): mean (lowest-highest). "
+            "zrl: `experiments/treepo_math.py` as `make run` runs it"
+            + (f" with total_steps={steps}" if steps else "")
+            + f" (cosine decay to a tenth over the run), lr {lrs['zrl']:g}; TRL GRPOTrainer, lr {lrs['TRL']:g}, "
+            f"{PEER_SETTINGS}. Each side's learning rate is its best on the validation split (section below, "
+            f"{saved['chosen_on']}). Both start from the shipped model and are judged by the same evaluation "
+            "(`zrl.rl.evaluation`).\n\n"
             + markdown_table(["minute", "zrl", "TRL", "zrl - TRL (points)"], rows)
-            + f"\n\n- zrl above TRL (means) at every minute after the first: **{'yes' if all(above) else 'no'}**"
-            + f"\n- zrl's best gain over its start ({start:.3f}) within {args.minutes:g} min, per seed: "
-            + ", ".join(f"{g * 100:+.1f}" for g in gains) + f" points (target >= +15: "
+            + f"\n\n- zrl above TRL (means) at every minute after the first (2-{minutes:g}): "
+            f"**{'yes' if all(above) else 'no'}**"
+            + f"\n- zrl's best gain over its start ({start:.3f}) within {minutes:g} min, per seed: "
+            + ", ".join(f"{g * 100:+.1f}" for g in gains) + " points (target >= +15: "
             f"**{'yes' if min(gains) >= 0.15 else 'no'}**)"
-            + f"\n- Time to accuracy: TRL's best run has {peer_best:.3f} after {args.minutes:g} min; zrl reaches it "
-            f"in " + ", ".join(f"{t / 60:.1f} min" if t is not None else "never" for t in reach)
-            + f" (ratio to {args.minutes:g} min per seed: {', '.join(ratios)}; at most 0.5 in every seed: "
-            f"**{'yes' if half else 'no'}**)\n\nCurves (accuracy@minute):\n\n"
+            + f"\n- Time to accuracy: TRL's best run has {peer_best:.3f} after {minutes:g} min; zrl reaches it in "
+            + ", ".join(f"{t / 60:.1f} min" if t is not None else "never" for t in reach)
+            + f" (ratio to {minutes:g} min per seed: {', '.join(ratios)}; at most 0.5 in every seed: "
+            f"**{'yes' if half else 'no'}**)\n\nCurves (accuracy@minute; the exact times are in "
+            "`benchmarks/learning_runs.json`):\n\n"
             + "\n".join(f"- {side} seed {seed}: {_curve_text(curve)}"
-                        for side in SIDES for seed, curve in zip(args.seeds, runs[side], strict=True)) + "\n")
+                        for side in SIDES for seed, curve in zip(seeds, runs[side], strict=True)) + "\n")
     print(body)
-    if not args.no_doc:
-        update_section("learning", "Learning: zrl against TRL's GRPOTrainer (test set)", "make bench-learning", body)
+    if not no_doc:
+        update_section("learning", "Learning: zrl against TRL's GRPOTrainer (test set)", "make bench-learning", body,
+                       measured=saved["measured"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("sweep", "report"))
+    parser.add_argument("mode", choices=("sweep", "report", "render"),
+                        help="render: the report's section again from benchmarks/learning_runs.json, without running")
     parser.add_argument("--peer-python", default=str(REPO / ".venv-peer" / "bin" / "python"),
                         help="a Python with TRL installed (make bench-learning sets one up)")
     parser.add_argument("--minutes", type=float, default=10.0, help="the peer's training time per run")
@@ -193,6 +208,9 @@ def main() -> None:
                         help="extra overrides of every zrl run")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args()
+    if args.mode == "render":
+        render(json.loads(RUNS_FILE.read_text()), args.no_doc)
+        return
     if not Path(args.peer_python).exists():
         raise SystemExit(f"no peer Python at {args.peer_python}: run `bash scripts/setup-peer-env.sh` first "
                          f"(or `make bench-learning`)")

@@ -22,14 +22,16 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def machine_line() -> str:
-    return (f"{datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores, "
+def machine_line(measured: str | None = None) -> str:
+    return (f"{measured or datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores, "
             f"Python {sys.version.split()[0]}")
 
 
-def update_section(name: str, title: str, command: str, body: str, path: Path = DOC_PATH) -> None:
-    """Replace (or append) the section `name` of the benchmarks document."""
-    section = (f"<!-- begin {name} -->\n## {title}\n\nCommand: `{command}`  \nMeasured: {machine_line()}\n\n"
+def update_section(name: str, title: str, command: str, body: str, path: Path = DOC_PATH,
+                   measured: str | None = None) -> None:
+    """Replace (or append) the section `name` of the benchmarks document (`measured`: the date of the figures, when
+    they were measured on another day than today)."""
+    section = (f"<!-- begin {name} -->\n## {title}\n\nCommand: `{command}`  \nMeasured: {machine_line(measured)}\n\n"
                f"{body.strip()}\n<!-- end {name} -->")
     text = path.read_text() if path.exists() else HEADER
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
