@@ -29,8 +29,6 @@ class GreedyScore:
     """Fraction with an answer to judge (a `\\boxed{}`)."""
     mean_response_tokens: float
     """Mean generated tokens per problem."""
-    texts: tuple[str, ...]
-    """The decoded answers, in problem order."""
 
 
 def greedy_score(engine: Engine, tokenizer: Any, problems: Sequence[Problem], verifier: Verifier,
@@ -42,13 +40,12 @@ def greedy_score(engine: Engine, tokenizer: Any, problems: Sequence[Problem], ve
     requests = [GenerationRequest(tokenizer(p.prompt, add_special_tokens=False)["input_ids"], max_new_tokens, greedy,
                                   str(i)) for i, p in enumerate(problems)]
     results = engine.generate(requests)
-    texts = tuple(tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results)
-    verdicts = verifier.verify_many(list(texts), [p.answer for p in problems])
+    texts = [tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results]
+    verdicts = verifier.verify_many(texts, [p.answer for p in problems])
     count = len(problems)
     return GreedyScore(accuracy=sum(v is Verdict.CORRECT for v in verdicts) / count,
                        answered=sum(v is not Verdict.NO_ANSWER for v in verdicts) / count,
-                       mean_response_tokens=sum(len(r.token_ids) for r in results) / count,
-                       texts=texts)
+                       mean_response_tokens=sum(len(r.token_ids) for r in results) / count)
 
 
 def score_model_dir(path: Path | str, problems: Sequence[Problem],
