@@ -5,6 +5,7 @@ name service (memory) and sample-stream socket; the steps themselves are stood i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,8 @@ from fixtures_tiny import tiny_model_dir  # noqa: F401
 
 from zrl.nameresolve import make_name_resolver, names
 from zrl.workers.base import WorkerContext
-from zrl.workers.trainer import TrainerWorker
+from zrl.rl.tree.trajectory import Trajectory, TreeResult, TreeStats
+from zrl.workers.trainer import ReceivedTree, TrainerWorker
 from zrl.workers.treepo_config import ModelSource, TrainerConfig
 
 
@@ -92,3 +94,34 @@ def test_a_trainer_continues_from_the_checkpoint_of_the_one_before(start_trainer
     third = start(total_steps=4)
     assert (third.step, third.version) == (4, 6) and third._poll().done is True
     assert paramdb.list_versions("policy")[-1] == 6 and paramdb.tags("policy") == {"final": 6}
+
+
+def received_tree(uid: str, samples: int = 2) -> ReceivedTree:
+    trajectories = [Trajectory(uid=uid, prompt_ids=[5, 6, 7], response_ids=[8, 9, 10], logprobs=[-1.0] * 3,
+                               segment_ids=[index], segment_tokens=[3], versions=[0], status="finished",
+                               reward=1.0 if index % 2 else -1.0, tree_id=uid) for index in range(samples)]
+    return ReceivedTree(TreeResult(uid, trajectories, TreeStats(decoded_tokens=3 * samples)), {"producer": "rollout/0"})
+
+
+def test_a_status_served_while_a_step_pushes_counts_its_batch_once(start_trainer):
+    """The control thread may answer a status at any moment of a step, and the controller's report keeps the
+    last answer: received must equal trained + buffered + dropped in every one, here the one served while the
+    step's weights are being pushed (after the batch counts as trained)."""
+    worker = start_trainer[0](total_steps=5)
+    worker.config = replace(worker.config, prompts_per_step=2)
+    for index in range(3):
+        worker.buffer.append(received_tree(f"p{index}"))
+    worker.accounting["received"] = 6
+    seen = []
+    push = worker._push
+
+    def push_and_look() -> float:
+        seen.append(worker._stats()["accounting"])
+        return push()
+
+    worker._push = push_and_look
+    worker._poll()
+    assert worker.step == 1 and len(seen) == 1
+    assert (seen[0]["trained"], seen[0]["buffered"]) == (4, 2)
+    after = worker._stats()["accounting"]
+    assert after["received"] == after["trained"] + after["buffered"] == 6

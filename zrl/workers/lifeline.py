@@ -63,10 +63,12 @@ class Lifeline:
 
     def _lease_lapsed(self) -> str | None:
         assert self._resolver is not None
-        now = time.monotonic()
         try:
             self._resolver.get(self._lease_name)
         except NameEntryNotFoundError:
+            # The lease was seen missing when the look-up answered, which may be long after it was asked (a name
+            # service that was unreachable blocks the call): absence counts from the answer, never from before it.
+            now = time.monotonic()
             self._lease_missing_since = self._lease_missing_since or now
             if now - self._lease_missing_since >= self._lease_s / 2:
                 return f"its controller's lease {self._lease_name} has lapsed"

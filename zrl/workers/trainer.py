@@ -28,6 +28,7 @@ stream and announces the reset (`names.sample_stream_reset`), so the rollout wor
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -116,10 +117,6 @@ class TrainerWorker(Worker):
                 self.version = progress.version
             return  # a follower: rank 0 chooses the batches, counts the samples, pushes and writes metrics
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
-        self.consumer = NameResolvingSampleConsumer(
-            self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
-            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream,
-            curve=self.context.curve)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
         self.buffer: deque[ReceivedTree] = deque()
         self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0,
@@ -131,10 +128,18 @@ class TrainerWorker(Worker):
         self.last_step_at = self.started = time.monotonic()
         self.wait_s = 0.0
         self.in_step = 0
+        self.counting = threading.Lock()
+        """Held while a tree moves between `buffer`, `in_step` and `accounting`, so that a status reply (served by
+        the control thread) never counts a tree twice or not at all."""
         self.drops_by_producer: dict[str, int] = {}
         self.received_from: dict[str, int] = {}
         """Trajectories received from each producer process (for the sample accounting)."""
         self.unpublished_drops: set[str] = set()
+        # Set last: a status reply counts samples once the consumer exists (see `_stats`).
+        self.consumer = NameResolvingSampleConsumer(
+            self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
+            SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream,
+            curve=self.context.curve)
         self._take_over(config, progress)
 
     def _take_over(self, config: TrainerConfig, progress: TrainingProgress | None) -> None:
@@ -152,8 +157,9 @@ class TrainerWorker(Worker):
         lost = buffered + received - accounting["received"]
         accounting.update(received=received, garbage=max(garbage, accounting["garbage"]),
                           lost=accounting["lost"] + lost)
-        self.accounting = accounting
-        self.restored = {**accounting, "buffered": 0}
+        with self.counting:
+            self.accounting = accounting
+            self.restored = {**accounting, "buffered": 0}
         self.data_positions = dict(progress.data_positions)
         self.version = progress.version
         if self.step < config.total_steps:
@@ -222,13 +228,13 @@ class TrainerWorker(Worker):
             if self.group is not None:
                 self.group.broadcast(None)
             return PollResult()
-        batch = [self.buffer.popleft() for _ in range(config.prompts_per_step)]
+        with self.counting:
+            batch = [self.buffer.popleft() for _ in range(config.prompts_per_step)]
+            self.in_step = sum(b.size for b in batch)
         if self.group is not None:
             self.group.broadcast({"step": self.step, "version": self.version,
                                   "trees": [b.to_sample() for b in batch]})
-        self.in_step = sum(b.size for b in batch)
         self._train(batch)
-        self.in_step = 0
         return PollResult(sample_count=sum(b.size for b in batch), batch_count=1,
                           done=self.step >= config.total_steps)
 
@@ -257,13 +263,16 @@ class TrainerWorker(Worker):
                 if self.accounting["garbage"] == 1:
                     self.logger.warning("dropping a malformed sample (further ones are only counted): %s", exc)
                 continue
-            self.accounting["received"] += item.size
-            self.received_from[item.incarnation] = self.received_from.get(item.incarnation, 0) + item.size
-            if self.config.advantage.dynamic_sampling and not dynamic_sampling(item.tree.trajectories).kept:
-                self.accounting["dropped_dynamic"] += item.size
+            kept = not self.config.advantage.dynamic_sampling or dynamic_sampling(item.tree.trajectories).kept
+            with self.counting:
+                self.accounting["received"] += item.size
+                self.received_from[item.incarnation] = self.received_from.get(item.incarnation, 0) + item.size
+                if kept:
+                    self.buffer.append(item)
+                else:
+                    self.accounting["dropped_dynamic"] += item.size
+            if not kept:
                 self._dropped_tree(item)
-                continue
-            self.buffer.append(item)
         if samples:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.checkpoints / RECEIVED_FILE, {key: self.accounting[key]
@@ -271,13 +280,16 @@ class TrainerWorker(Worker):
 
     def _drop_stale(self) -> None:
         fresh: deque[ReceivedTree] = deque()
+        stale: list[ReceivedTree] = []
         for item in self.buffer:
-            if self.version - item.oldest_version <= self.config.max_staleness:
-                fresh.append(item)
-            else:
-                self.accounting["dropped_stale"] += item.size
-                self._dropped_tree(item)
-        self.buffer = fresh
+            (fresh if self.version - item.oldest_version <= self.config.max_staleness else stale).append(item)
+        if not stale:
+            return
+        with self.counting:
+            self.accounting["dropped_stale"] += sum(item.size for item in stale)
+            self.buffer = fresh
+        for item in stale:
+            self._dropped_tree(item)
 
     def _dropped_tree(self, item: ReceivedTree) -> None:
         self.drops_by_producer[item.producer] = self.drops_by_producer.get(item.producer, 0) + 1
@@ -310,7 +322,9 @@ class TrainerWorker(Worker):
         self.version += 1
         if not self.leads:
             return
-        self.accounting["trained"] += len(trajectories)
+        with self.counting:
+            self.accounting["trained"] += len(trajectories)
+            self.in_step = 0
         for item in batch:
             if item.shard_position >= 0:
                 positions = self.data_positions
@@ -371,8 +385,9 @@ class TrainerWorker(Worker):
             stats["group"] = {"rank": self.group.rank, "world_size": self.group.world_size}
         if not hasattr(self, "consumer"):
             return stats  # a follower (rank 0 counts every sample of the group, once), or still configuring
-        buffered = sum(b.size for b in self.buffer) + self.in_step
-        accounting = {**self.accounting, "buffered": buffered, "received_from": dict(self.received_from)}
+        with self.counting:
+            buffered = sum(b.size for b in self.buffer) + self.in_step
+            accounting = {**self.accounting, "buffered": buffered, "received_from": dict(self.received_from)}
         if self.restored:
             accounting["restored"] = self.restored
         return {**stats, "resumed_from": self.resumed_from, "headline": self.headline, "accounting": accounting,
