@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "experiments" / "echo.py"
@@ -186,3 +187,27 @@ def test_a_second_controller_of_a_running_trial_is_refused_and_clears_nothing(tm
     assert f"trial echo/{first.trial} is being run by the controller" in second.output
     assert first.wait() == 0, first.output
     check_counts(first.summary(), 2, 200)
+
+
+def test_the_wildcard_worker_host_is_refused_before_anything_starts(tmp_path: Path):
+    run = ControllerRun(tmp_path, "worker_host=0.0.0.0")
+    assert run.wait() == 2
+    assert "worker_host: 0.0.0.0 is the wildcard address" in run.output, run.output
+    assert not run.run_dir.exists()
+    assert run.worker_pids() == {}
+
+
+def test_a_worker_advertises_the_address_that_routes_to_the_name_service(tmp_path: Path):
+    from zrl.hosts import interface_addresses
+    from zrl.workers.__main__ import advertised_host
+
+    own = [address for address in interface_addresses() if not ipaddress.ip_address(address).is_loopback]
+    require(bool(own), "this machine has no non-loopback IPv4 interface")
+    for address in own:
+        host, reason = advertised_host("auto", f"redis://{address}:6379/0")
+        assert host == address and "routes to the name service" in reason
+    host, reason = advertised_host("auto", f"file://{tmp_path}/names")
+    assert not ipaddress.ip_address(host).is_loopback and "routes" not in reason
+    assert advertised_host("10.9.8.7", "file:///x") == ("10.9.8.7", "given by --host (the experiment's worker_host)")
+    with pytest.raises(RuntimeError, match="--host 0.0.0.0 is the wildcard address"):
+        advertised_host("0.0.0.0", "file:///x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -34,8 +35,8 @@ def test_sigkilled_worker_is_restarted_with_on_failure_and_the_run_completes(tmp
     run = ControllerRun(tmp_path, *SLOW, "workers.producer.restart=on_failure", "workers.producer.max_restarts=1")
     old_pid = kill_producer_mid_run(run)
     assert run.wait() == 0, run.output
-    assert "worker producer/0 failed (its process ended (FAILED: killed by signal 9 (SIGKILL)))" in run.output
-    assert "restarting it (1/1)" in run.output
+    assert ("worker producer/0 failed (its process ended (FAILED: killed by signal 9 (SIGKILL)))"
+            f" on node {socket.gethostname()} (127.0.0.1); restarting it (1/1)") in run.output
     summary = run.summary()
     assert summary["workers"]["producer/0"]["restarts"] == 1
     assert summary["workers"]["producer/0"]["last"]["pid"] != old_pid

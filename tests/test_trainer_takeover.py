@@ -14,8 +14,8 @@ import torch
 from fixtures_tiny import tiny_model_dir  # noqa: F401
 
 from zrl.nameresolve import make_name_resolver, names
-from zrl.workers.base import WorkerContext
 from zrl.rl.tree.trajectory import Trajectory, TreeResult, TreeStats
+from zrl.workers.base import WorkerContext
 from zrl.workers.trainer import ReceivedTree, TrainerWorker
 from zrl.workers.treepo_config import ModelSource, TrainerConfig
 

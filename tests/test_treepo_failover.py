@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 from collections import Counter
 from datetime import datetime
@@ -27,6 +28,8 @@ PROMPTS_PER_STEP = 2
 # 2 trees of 4 trajectories per step, an evaluation every 4 versions on 10 held-out problems.
 TINY = ("eval_every=4", f"prompts_per_step={PROMPTS_PER_STEP}", "tree.width=4", "heldout.count=10")
 HOLD_S = 1.5
+ON_THIS_NODE = f" on node {socket.gethostname()} (127.0.0.1)"
+"""Where the controller says a failed worker ran (the local scheduler: this host, the default worker_host)."""
 """How long the policy worker to be killed is stopped first, so that the rollout worker's requests wait on it."""
 STALL_S = 8.0
 """timeouts.poll_stall_s of the hang test: above any legitimate poll of this tiny run, even on a loaded machine."""
@@ -122,7 +125,7 @@ def test_a_policy_worker_killed_mid_run_leaves_the_run_to_the_other(tmp_path: Pa
     output = run.output
     workers = summary["workers"]
     if restart == "given_up":
-        assert f"{killed}; the experiment goes on without it (1 of workers.policy.max_failed=1 failed)" in output
+        assert f"{killed}{ON_THIS_NODE}; the experiment goes on without it (1 of workers.policy.max_failed=1 failed)" in output
         assert (workers["policy/1"]["status"], workers["policy/1"]["restarts"]) == ("FAILED", 0)
     else:
         assert f"{killed}; restarting it (1/1)" in output
@@ -162,8 +165,8 @@ def test_a_rollout_worker_killed_mid_run_is_relaunched_and_the_accounting_balanc
     wait_for_step(run, 2)
     os.kill(run.worker_pids()["rollout/0"], signal.SIGKILL)
     summary = check_completed(run, steps)
-    assert "worker rollout/0 failed (its process ended (FAILED: killed by signal 9 (SIGKILL))); restarting it (1/1)" \
-        in run.output
+    assert ("worker rollout/0 failed (its process ended (FAILED: killed by signal 9 (SIGKILL)))"
+            f"{ON_THIS_NODE}; restarting it (1/1)") in run.output
     rollout = summary["workers"]["rollout/0"]
     assert rollout["restarts"] == 1 and len(rollout["ended_processes"]) == 1, rollout
     before = rollout["ended_processes"][0]["stats"]["accounting"]

@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run_text(config))
         return 0
+    refusal = placement_refusal(config)
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if args.submit:
         return submit_controller_job(args.experiment_file, overrides, config)
     try:
@@ -101,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return run(config)
+
+
+def placement_refusal(config: ExperimentConfig) -> str | None:
+    """Why workers placed by the cluster could not reach each other at `worker_host` (asks Slurm), or None."""
+    if config.scheduler != "slurm":
+        return None
+    from zrl.controller.slurm import SlurmError, check_worker_host
+
+    try:
+        check_worker_host(config.worker_host, config.slurm)
+    except SlurmError as exc:
+        return str(exc)
+    return None
 
 
 def submit_controller_job(experiment_file: str, overrides: list[str], config: ExperimentConfig) -> int:
@@ -144,13 +161,6 @@ def run(config: ExperimentConfig) -> int:
     print(f"{verb} {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
         scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
-        if config.scheduler == "slurm":
-            from zrl.controller.slurm import SlurmError, check_worker_host
-            try:
-                check_worker_host(config.worker_host, config.slurm)
-            except SlurmError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
         return Controller(config, scheduler, resolver).run()
     finally:
         resolver.close()

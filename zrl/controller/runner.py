@@ -101,6 +101,18 @@ class WorkerState:
     """The last status reply of each of its earlier processes, oldest first: their counters still count."""
     given_up: bool = False
     """Failed beyond its restarts in a group that may lose it (`max_failed`): the run goes on without it."""
+    node: str = ""
+    """Host name of the node its latest process runs on, as the worker reported it."""
+    address: str = ""
+    """The control address its latest process advertised."""
+
+    @property
+    def placement(self) -> str:
+        """' on node N (address)' for messages about this worker, or '' before its process registered."""
+        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0]
+        if not host:
+            return ""
+        return f" on node {self.node} ({host})" if self.node else f" at {host}"
 
     def process_ended(self) -> None:
         """Keep the last reply of a process that has ended, so the sample accounting still counts what it did."""
@@ -235,6 +247,7 @@ class Controller:
                     continue  # the process before a requeue; its successor will replace the name
                 self.workers[worker_id].stale_address = ""
                 self.client.connect(worker_id, address)
+                self.workers[worker_id].address, self.workers[worker_id].node = address, ""
                 self.workers[worker_id].last_answer = time.monotonic()
                 waiting.discard(worker_id)
             if not waiting:
@@ -382,6 +395,7 @@ class Controller:
         state = self.workers[reply.worker_id]
         state.last_reply = reply.result
         state.status = str(reply.result.get("status", state.status))
+        state.node = str(reply.result.get("node", state.node))
         state.last_answer = time.monotonic()
 
     def _failed(self, worker_id: str, reason: str, error: ErrorInfo | None, restart: bool) -> None:
@@ -396,8 +410,8 @@ class Controller:
             raise WorkerFailure(worker_id, reason, error)
         state.restarts += 1
         delay = restart_delay(spec.restart_backoff_s, state.restarts)
-        self._say(f"worker {worker_id} failed ({reason}); restarting it ({state.restarts}/{spec.max_restarts}) "
-                  f"in {delay:g} s")
+        self._say(f"worker {worker_id} failed ({reason}){state.placement}; restarting it "
+                  f"({state.restarts}/{spec.max_restarts}) in {delay:g} s")
         if error is not None:
             self._say(f"  {error}")
         self._retire(worker_id, hung=reason.startswith("LOST"))
@@ -412,8 +426,8 @@ class Controller:
         state = self.workers[worker_id]
         state.given_up = True
         lost = sum(s.given_up for s in self.workers.values() if s.group == state.group)
-        self._say(f"worker {worker_id} failed ({reason}); the experiment goes on without it ({lost} of "
-                  f"workers.{state.group}.max_failed={self.config.workers[state.group].max_failed} failed)")
+        self._say(f"worker {worker_id} failed ({reason}){state.placement}; the experiment goes on without it "
+                  f"({lost} of workers.{state.group}.max_failed={self.config.workers[state.group].max_failed} failed)")
         if error is not None:
             self._say(f"  {error}")
         self._retire(worker_id, hung=reason.startswith("LOST"))
@@ -545,7 +559,7 @@ class Controller:
     def _report_failure(self, failure: WorkerFailure) -> None:
         state = self.workers[failure.worker_id]
         log = self.paths.log(state.group, state.index)
-        self._say(f"error: worker {failure.worker_id} failed: {failure.reason}")
+        self._say(f"error: worker {failure.worker_id} failed: {failure.reason}{state.placement}")
         if failure.error is not None:
             self._say(f"worker error: {failure.error}")
             if failure.error.traceback:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
+from zrl.hosts import unreachable_host_reason
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.streams.curve import require_curve
 from zrl.workers.registry import UnknownWorkerTypeError, config_class
@@ -66,6 +67,9 @@ def validate(config: ExperimentConfig) -> None:
                           "can share; use file:///dir or redis://host:port/db")
     if config.name_resolve_password_file and not config.name_resolve.lower().startswith(("redis://", "rediss://")):
         errors.append("name_resolve_password_file: only a redis:// or rediss:// name_resolve takes a password")
+    refusal = unreachable_host_reason(config.worker_host)
+    if refusal is not None:
+        errors.append(f"worker_host: {refusal}")
     if not config.workers:
         errors.append("workers: an experiment needs at least one worker group")
     for name in config.workers:

@@ -17,12 +17,14 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 from types import FrameType
 from typing import get_args
+from urllib.parse import urlsplit
 
 from zrl.config import NAME_RESOLVE_ENV, PARENT_PID_ENV, ControllerTimeouts, CurveSetting, SecurityConfig
-from zrl.hosts import node_address
+from zrl.hosts import node_address, unreachable_host_reason
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control_key_file import CONTROL_KEY_ENV, ControlKeyError, load_control_key
 from zrl.streams.curve import CurveKeys
@@ -57,13 +59,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def advertised_host(host: str, name_resolve: str) -> tuple[str, str]:
+    """The address this worker binds and advertises for `--host`, and why; RuntimeError when none would work."""
+    if host != "auto":
+        refusal = unreachable_host_reason(host)
+        if refusal is not None:
+            raise RuntimeError(f"--host {refusal}")
+        return host, "given by --host (the experiment's worker_host)"
+    url = urlsplit(name_resolve)
+    try:
+        toward = (url.hostname, url.port or 0) if url.hostname else None
+    except ValueError:
+        toward = None  # a malformed port: the name service reports it when it connects
+    return node_address(toward)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.name_resolve:
         print(f"error: no name service: pass --name-resolve URL or set ${NAME_RESOLVE_ENV}", file=sys.stderr)
         return 2
     try:
-        host = node_address() if args.host == "auto" else args.host
+        host, host_reason = advertised_host(args.host, args.name_resolve)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.group_size, args.run_dir, control_key, curve)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {context.worker_id} %(name)s: %(message)s")
+    logging.getLogger(__name__).info("advertising %s on node %s: %s", host, socket.gethostname(), host_reason)
     cls = worker_class(args.type)
     resolver = make_name_resolver(args.name_resolve)
     worker = cls(context, resolver)

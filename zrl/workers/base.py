@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -347,6 +348,7 @@ class Worker:
             "status": self._status.value,
             "configured": self.config is not None,
             "pid": os.getpid(),
+            "node": socket.gethostname(),
             "polls": self._polls,
             "sample_count": self._samples,
             "batch_count": self._batches,
