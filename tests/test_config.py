@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zrl.config import ExperimentConfig, WorkerGroupConfig, from_plain, to_plain
+from zrl.config import ExperimentConfig, SlurmPlacement, WorkerGroupConfig, from_plain, to_plain
 from zrl.controller.experiment_file import load_experiment
 from zrl.controller.help import config_help, field_docs
 from zrl.controller.overrides import ConfigError, apply_overrides
@@ -66,8 +66,9 @@ def test_every_bad_override_is_reported_at_once_naming_its_key():
 
 
 def test_validation_reports_every_problem_with_its_key():
-    config = echo_config(experiment="", done_when=("trainer",), workers={
-        "a": WorkerGroupConfig(type="no_such_type", count=0),
+    config = echo_config(experiment="", done_when=("trainer",), worker_host="0.0.0.0", workers={
+        "a": WorkerGroupConfig(type="no_such_type", count=0,
+                               slurm=SlurmPlacement(constraint="a100 ib", ntasks_per_node=-1)),
         "b": WorkerGroupConfig(type="echo_server", config=EchoConsumerConfig(), after=("ghost",),
                                max_restarts=-1, max_failed=1,
                                resources=dataclasses.replace(WorkerGroupConfig().resources, cpus=0)),
@@ -80,9 +81,12 @@ def test_validation_reports_every_problem_with_its_key():
                      "'echo_server' takes a EchoServerConfig", "workers.b.after[0]: 'ghost'",
                      "workers.b.max_restarts: must be >= 0", "workers.b.resources.cpus: must be >= 1",
                      "workers.b.max_failed: must be >= 0 and below count (1)",
-                     "done_when[0]: 'trainer' is not a worker group"):
+                     "done_when[0]: 'trainer' is not a worker group",
+                     "worker_host: 0.0.0.0 is the wildcard address",
+                     "workers.a.slurm.constraint: 'a100 ib' may not contain whitespace",
+                     "workers.a.slurm.ntasks_per_node: must be >= 0"):
         assert expected in text
-    assert len(info.value.errors) == 9
+    assert len(info.value.errors) == 12
 
 
 def test_dependency_cycles_and_levels():

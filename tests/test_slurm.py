@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from zrl.controller.scheduler import JobState, Resources, SlurmOptions, WorkerJobStatus, WorkerLaunch
+from zrl.controller.scheduler import (
+    JobState,
+    Resources,
+    SlurmOptions,
+    SlurmPlacement,
+    WorkerJobStatus,
+    WorkerLaunch,
+)
 from zrl.controller.slurm import (
     SlurmError,
     SlurmScheduler,
@@ -247,6 +254,28 @@ def test_describe_renders_resources_and_options_without_submitting(tmp_path: Pat
     assert not (run_dir / "slurm").exists()
     both = sched.describe([*launches, WorkerLaunch("trainer", 0, ("python", "-m", "zrl.workers", "trainer"))])
     assert both.count("#!/bin/bash") == 2 and "#SBATCH --job-name=zrl-exp-trial7-trainer" in both
+
+
+def test_a_group_placement_goes_into_that_group_script_only(tmp_path: Path) -> None:
+    sched = SlurmScheduler(SlurmOptions(extra_sbatch_lines=("#SBATCH --qos=high",)), tmp_path / "runs" / "e" / "t")
+    placement = SlurmPlacement(nodelist="gpu[01-02]", exclude="gpu07", constraint="a100&ib", gres="gpu:4",
+                               exclusive=True, ntasks_per_node=1, extra_sbatch_lines=("#SBATCH --reservation=rl",))
+    policy = [WorkerLaunch("policy", i, ("python", "policy"), slurm=placement) for i in range(2)]
+    scripts = sched.describe([*policy, WorkerLaunch("trainer", 0, ("python", "trainer"))]).split("#!/bin/bash")[1:]
+    placed = ["#SBATCH --nodelist=gpu[01-02]", "#SBATCH --exclude=gpu07", "#SBATCH --constraint=a100&ib",
+              "#SBATCH --gres=gpu:4", "#SBATCH --exclusive", "#SBATCH --ntasks-per-node=1",
+              "#SBATCH --reservation=rl"]
+    policy_script = next(text for text in scripts if "-policy\n" in text)
+    trainer_script = next(text for text in scripts if "-trainer\n" in text)
+    lines = policy_script.splitlines()
+    assert all(line in lines for line in placed), policy_script
+    assert lines.index("#SBATCH --qos=high") < lines.index("#SBATCH --reservation=rl")  # the group's lines come last
+    assert "#SBATCH --qos=high" in trainer_script and not any(line in trainer_script for line in placed)
+    with pytest.raises(ValueError, match="different slurm placements"):
+        sched.describe([policy[0], WorkerLaunch("policy", 1, ("python", "policy"))])
+    with pytest.raises(ValueError, match="worker a/0: slurm placement: nodelist: 'n1 n2' may not contain whitespace; "
+                                         "ntasks_per_node: must be >= 0"):
+        sched.describe([WorkerLaunch("a", 0, ("true",), slurm=SlurmPlacement(nodelist="n1 n2", ntasks_per_node=-2))])
 
 
 def test_bad_launches_and_options_name_the_problem(tmp_path: Path) -> None:

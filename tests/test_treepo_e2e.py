@@ -38,7 +38,7 @@ RUN_TIMEOUT_S = 420  # a run takes 30-60 s on an idle 2-core machine; much more 
 class TreepoRun:
     """A controller process running experiments/treepo_math.py, its output in a file."""
 
-    def __init__(self, tmp_path: Path, *overrides: str, trial: str = ""):
+    def __init__(self, tmp_path: Path, *overrides: str, trial: str = "", env: dict[str, str] | None = None):
         self.trial = trial or f"t{uuid.uuid4().hex[:8]}"
         self.run_root = tmp_path / "runs"
         self.run_dir = self.run_root / "treepo_math" / self.trial
@@ -46,7 +46,7 @@ class TreepoRun:
         self.argv = [sys.executable, "-m", "zrl.controller", str(TREEPO), f"trial={self.trial}",
                      f"run_root={self.run_root}", "progress_interval_s=1", *overrides]
         with open(self.output_path, "w") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
 
     @property
     def output(self) -> str:

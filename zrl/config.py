@@ -55,6 +55,26 @@ class SlurmOptions:
 
 
 @dataclass(frozen=True)
+class SlurmPlacement:
+    """Where Slurm may put one worker group's job (scheduler=slurm); rendered into that group's sbatch script only."""
+
+    nodelist: str = ""
+    """Nodes the job must include, as sbatch --nodelist takes them (e.g. gpu[01-02])."""
+    exclude: str = ""
+    """Nodes the job may not use (sbatch --exclude)."""
+    constraint: str = ""
+    """Node features the job needs (sbatch --constraint, e.g. a100&ib)."""
+    gres: str = ""
+    """Generic resources per node (sbatch --gres, e.g. gpu:4); per-worker GPUs are resources.gpus."""
+    exclusive: bool = False
+    """Take whole nodes, shared with no other job (sbatch --exclusive)."""
+    ntasks_per_node: int = 0
+    """Workers per node (sbatch --ntasks-per-node; 1 spreads the group one worker per node; 0: Slurm's choice)."""
+    extra_sbatch_lines: tuple[str, ...] = ()
+    """Extra lines for this group's sbatch script only, after slurm.extra_sbatch_lines (e.g. '#SBATCH --qos=high')."""
+
+
+@dataclass(frozen=True)
 class WorkerGroupConfig:
     type: str = ""
     """Worker type: a name from zrl.workers.registry or a dotted path 'package.module:Class'."""
@@ -74,6 +94,8 @@ class WorkerGroupConfig:
     them, such as one of several policy workers; one more stops it."""
     after: tuple[str, ...] = ()
     """Groups configured and started before this one (for example the servers a client connects to)."""
+    slurm: SlurmPlacement = field(default_factory=SlurmPlacement)
+    """Where Slurm places this group (scheduler=slurm): nodes, features, whole nodes, workers per node."""
     config: Any = None
     """The worker type's own config dataclass (None: that class's defaults)."""
 

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from zrl.controller.scheduler import Resources, SlurmOptions, WorkerLaunch
+from zrl.controller.scheduler import Resources, SlurmOptions, SlurmPlacement, WorkerLaunch
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -80,6 +80,34 @@ def validate_launches(launches: Sequence[WorkerLaunch]) -> None:
         res = launch.resources
         if res.cpus < 1 or res.memory_mb < 1 or res.gpus < 0:
             raise ValueError(f"{where}: resources must have cpus >= 1, memory_mb >= 1, gpus >= 0, got {res}")
+        problems = placement_errors(launch.slurm)
+        if problems:
+            raise ValueError(f"{where}: slurm placement: {'; '.join(problems)}")
+    if len({launch.slurm for launch in launches}) > 1:
+        raise ValueError(f"the workers of group {launches[0].group} have different slurm placements; one job has one")
+
+
+def placement_errors(placement: SlurmPlacement) -> list[str]:
+    """Every problem of a group's Slurm placement, each as 'field: problem'."""
+    errors = []
+    for field_name in ("nodelist", "exclude", "constraint", "gres"):
+        value = getattr(placement, field_name)
+        if any(ch.isspace() for ch in value):
+            errors.append(f"{field_name}: {value!r} may not contain whitespace")
+    if placement.ntasks_per_node < 0:
+        errors.append(f"ntasks_per_node: must be >= 0 (0: Slurm's choice), got {placement.ntasks_per_node}")
+    errors += [f"extra_sbatch_lines: entry {line!r} spans several lines; give one per entry"
+               for line in placement.extra_sbatch_lines if "\n" in line or "\r" in line]
+    return errors
+
+
+def _placement_header(placement: SlurmPlacement) -> list[str]:
+    flags = [f"--{name}={value}" for name, value in (
+        ("nodelist", placement.nodelist), ("exclude", placement.exclude), ("constraint", placement.constraint),
+        ("gres", placement.gres), ("ntasks-per-node", placement.ntasks_per_node or "")) if value]
+    if placement.exclusive:
+        flags.append("--exclusive")
+    return [f"#SBATCH {flag}" for flag in flags] + list(placement.extra_sbatch_lines)
 
 
 def validate_options(options: SlurmOptions) -> None:
@@ -183,6 +211,7 @@ def render_script(launches: Sequence[WorkerLaunch], options: SlurmOptions, *, na
             max(_mem_per_cpu_mb(launch) for launch in launches),
             max(launch.resources.gpus for launch in launches))),
         *_common_header(name, options, state_dir / f"{name}-%j.out", cwd),
+        *_placement_header(launches[0].slurm),
     ]
     body = [
         "set -u",

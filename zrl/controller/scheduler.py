@@ -12,9 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zrl.config import Resources, SlurmOptions
+from zrl.config import Resources, SlurmOptions, SlurmPlacement
 
-__all__ = ["JobState", "Resources", "Scheduler", "SlurmOptions", "WorkerJobStatus", "WorkerLaunch"]
+__all__ = ["JobState", "Resources", "Scheduler", "SlurmOptions", "SlurmPlacement", "WorkerJobStatus", "WorkerLaunch"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class WorkerLaunch:
     log_path: Path = Path("worker.log")
     """File that receives the worker's stdout and stderr."""
     resources: Resources = field(default_factory=Resources)
+    slurm: SlurmPlacement = field(default_factory=SlurmPlacement)
+    """Where a Slurm cluster may place its group's job (the other schedulers ignore it)."""
 
     @property
     def worker_id(self) -> str:

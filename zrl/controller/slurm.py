@@ -45,8 +45,9 @@ _COMMAND_TIMEOUT_S = 60.0
 # How long a submitted job may be missing from squeue before it counts as vanished.
 _LIST_GRACE_S = 60.0
 _GONE_ERRORS = ("Invalid job id", "already completing or completed")
-# How long SIGKILLed jobs and steps may take to leave squeue before `stop` gives up on them.
-_KILL_WAIT_S = 30.0
+# How long SIGKILLed jobs and steps may take to leave squeue before `stop` takes their nodes for unreachable and
+# stops waiting for them (a healthy node ends a SIGKILLed step within seconds).
+_KILL_WAIT_S = 10.0
 
 _STATE_MAP = {
     **dict.fromkeys(("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
@@ -91,6 +92,8 @@ class _Job:
     """scontrol was asked about a requeue since the job's current run began."""
     vanished: bool = False
     """squeue no longer lists the job (purged after MinJobAge, or never listed within _LIST_GRACE_S)."""
+    nodes: str = ""
+    """The job's nodes as squeue prints them (e.g. n[1-2]); empty before it runs."""
     submitted_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -109,6 +112,8 @@ class _Worker:
     launch: WorkerLaunch
     job: _Job
     stopped: bool = False
+    node: str = ""
+    """The node its step runs on, once asked (only when a node of its job stopped answering)."""
 
 
 class SlurmScheduler(Scheduler):
@@ -123,6 +128,9 @@ class SlurmScheduler(Scheduler):
         self._jobs: dict[str, _Job] = {}
         self._workers: dict[str, _Worker] = {}
         self._last_query = -float("inf")
+        self._unreachable: set[str] = set()
+        """Nodes on which SIGKILLed steps did not end within _KILL_WAIT_S: their jobs are no longer waited for."""
+        self._hostnames: dict[str, set[str]] = {}
 
     # --- submitting ---------------------------------------------------------------------------------------------
 
@@ -188,7 +196,7 @@ class SlurmScheduler(Scheduler):
             return
         try:
             output = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job.job_id for job in pending),
-                           "-o", "%i|%T|%r"], "poll", ok_errors=("Invalid job id",))
+                           "-o", "%i|%T|%N|%r"], "poll", ok_errors=("Invalid job id",))
         except SlurmError as error:
             if isinstance(error.__cause__, FileNotFoundError):
                 raise
@@ -197,11 +205,11 @@ class SlurmScheduler(Scheduler):
         self._last_query = time.monotonic()
         listed = set()
         for line in output.splitlines():
-            job_id, _, rest = line.partition("|")
-            state, _, reason = rest.partition("|")
+            job_id, state, nodes, reason = (line.split("|", 3) + ["", "", ""])[:4]
             job = self._jobs.get(job_id.strip())
             if job is not None:
                 job.slurm_state, job.reason, job.seen = state.strip(), reason.strip(), True
+                job.nodes = nodes.strip() or job.nodes
                 listed.add(job.job_id)
                 self._note_requeue(job)
         for job in pending:
@@ -264,8 +272,10 @@ class SlurmScheduler(Scheduler):
         job_state = job.state
         if code == 0:
             return WorkerJobStatus(JobState.COMPLETED, 0)
-        if worker.stopped and (code is not None or job_state.finished):
+        if worker.stopped and (code is not None or job_state.finished or self._on_lost_node(job)):
             return WorkerJobStatus(JobState.CANCELLED, code, f"stopped by the controller (Slurm job {job.job_id})")
+        if code is None and self._worker_on_lost_node(worker):
+            return self._failure(worker, JobState.NODE_FAIL, None, f"its node {worker.node} does not answer")
         if code is not None:
             special = job_state if job_state in (JobState.TIMEOUT, JobState.OUT_OF_MEMORY, JobState.NODE_FAIL,
                                                  JobState.CANCELLED) else JobState.FAILED
@@ -296,19 +306,75 @@ class SlurmScheduler(Scheduler):
 
     # --- stopping -----------------------------------------------------------------------------------------------
 
-    def _steps_by_name(self, job: _Job) -> dict[str, str]:
-        output = _run(["squeue", "-h", "-s", "-j", job.job_id, "-o", "%i|%j"], "stop", ok_errors=("Invalid job id",))
-        steps: dict[str, str] = {}
+    def _steps(self, job: _Job) -> dict[str, tuple[str, str]]:
+        """The job's steps squeue lists: step name -> (step id, node list)."""
+        output = _run(["squeue", "-h", "-s", "-j", job.job_id, "-o", "%i|%N|%j"], "stop",
+                      ok_errors=("Invalid job id",))
+        steps: dict[str, tuple[str, str]] = {}
         for line in output.splitlines():
-            step_id, _, name = line.partition("|")
-            steps[name.strip()] = step_id.strip()
+            step_id, nodes, name = (line.split("|", 2) + ["", ""])[:3]
+            steps[name.strip()] = (step_id.strip(), nodes.strip())
         return steps
+
+    # --- nodes that stopped answering ---------------------------------------------------------------------------
+
+    def _nodes_of(self, nodelist: str) -> set[str]:
+        """Host names of a Slurm node list such as n[1-3] (scontrol show hostnames)."""
+        if nodelist not in self._hostnames:
+            try:
+                self._hostnames[nodelist] = set(_run(["scontrol", "show", "hostnames", nodelist],
+                                                     "expand a node list").split())
+            except SlurmError as error:
+                log.warning("%s", error)
+                return {nodelist}
+        return self._hostnames[nodelist]
+
+    def _on_lost_node(self, job: _Job) -> bool:
+        return bool(self._unreachable and job.nodes and self._nodes_of(job.nodes) & self._unreachable)
+
+    def _worker_on_lost_node(self, worker: _Worker) -> bool:
+        """The worker's step runs on a node that stopped answering (all of its job's nodes, when its step is not
+        listed)."""
+        if not self._on_lost_node(worker.job):
+            return False
+        if not worker.node:
+            try:
+                worker.node = self._steps(worker.job).get(step_name(worker.launch), ("", ""))[1]
+            except SlurmError as error:
+                log.warning("%s", error)
+        nodes = self._nodes_of(worker.node or worker.job.nodes)
+        if nodes <= self._unreachable:
+            worker.node = worker.node or worker.job.nodes
+            return True
+        return False
+
+    def _take_as_unreachable(self, jobs: list[_Job], workers: list[_Worker], waited_s: float) -> bool:
+        """SIGKILLed steps of `jobs` and `workers` did not end: their nodes no longer answer slurmctld (cut off,
+        powered off). Take those nodes for unreachable and stop waiting for anything on them; False when squeue
+        names no node to blame."""
+        nodes: set[str] = set()
+        for job in {id(job): job for job in [*jobs, *(worker.job for worker in workers)]}.values():
+            step_nodes = [listed for _, listed in self._steps(job).values() if listed]
+            for listed in step_nodes or ([job.nodes] if job.nodes else []):
+                nodes |= self._nodes_of(listed)
+        if not nodes:
+            return False
+        new = sorted(nodes - self._unreachable)
+        self._unreachable |= nodes
+        if new:
+            names = sorted({*(w for job in jobs for w in job.launches), *(w.launch.worker_id for w in workers)})
+            log.warning("Slurm node %s did not end the SIGKILLed steps of workers %s within %.0f s: it no longer "
+                        "answers (cut off or down); its jobs stay cancelled and nothing waits for them any more "
+                        "(Slurm marks them NODE_FAIL once it declares the node down)", ", ".join(new),
+                        ", ".join(names), waited_s)
+        return True
 
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
         """scancel whole jobs, or the steps of some workers of a job; SIGKILL what is left after `timeout`.
 
         `timeout=0` sends SIGKILL at once (a hung worker acts on nothing else); either way `stop` returns once
-        Slurm shows the jobs and steps ended, or raises SlurmError.
+        Slurm shows the jobs and steps ended, or raises SlurmError. Steps that SIGKILL does not end within
+        _KILL_WAIT_S mark their node as no longer answering: it is said once, and nothing on it is waited for again.
         """
         unknown = sorted(set(worker_ids or ()) - set(self._workers))
         if unknown:
@@ -335,22 +401,27 @@ class SlurmScheduler(Scheduler):
             stop_file(self.state_dir, worker.launch, worker.job.job_id).touch()
         cancelled: set[str] = set()
         if timeout > 0:
-            if whole_jobs:
-                _run(["scancel", *(job.job_id for job in whole_jobs)], "stop", ok_errors=_GONE_ERRORS)
-            if self._wait_stopped(whole_jobs, partial, cancelled, timeout, kill=False):
+            # A node that stopped answering acts on no signal; its jobs get SIGKILL below and are not waited for.
+            reachable = [job for job in whole_jobs if not self._on_lost_node(job)]
+            if reachable:
+                _run(["scancel", *(job.job_id for job in reachable)], "stop", ok_errors=_GONE_ERRORS)
+            left_jobs, left = self._wait_stopped(reachable, partial, cancelled, timeout, kill=False)
+            if not left_jobs and not left and len(reachable) == len(whole_jobs):
                 return
-            log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
-                        [job.job_id for job in whole_jobs], sorted(cancelled), timeout)
+            if left_jobs or left:
+                log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
+                            [job.job_id for job in left_jobs], sorted(cancelled), timeout)
         if whole_jobs:
             _run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
                  ok_errors=_GONE_ERRORS)
         cancelled.clear()
         # Slurm shows a job it is killing as RUNNING or COMPLETING for a while, even when no grace was asked for.
         kill_wait = max(timeout, _KILL_WAIT_S)
-        if not self._wait_stopped(whole_jobs, partial, cancelled, kill_wait, kill=True):
-            raise SlurmError(f"Slurm jobs {[job.job_id for job in whole_jobs if job.alive]} or steps "
-                             f"{sorted(cancelled)} are still alive {kill_wait:.0f} s after scancel --signal=KILL; "
-                             "check the node with `squeue -t all` and `scontrol show job`")
+        left_jobs, left = self._wait_stopped(whole_jobs, partial, cancelled, kill_wait, kill=True)
+        if (left_jobs or left) and not self._take_as_unreachable(left_jobs, left, kill_wait):
+            raise SlurmError(f"Slurm jobs {[job.job_id for job in left_jobs]} or steps {sorted(cancelled)} are "
+                             f"still alive {kill_wait:.0f} s after scancel --signal=KILL; check the node with "
+                             "`squeue -t all` and `scontrol show job`")
 
     def dump_stacks(self, worker_ids: list[str]) -> None:
         for worker_id in worker_ids:
@@ -358,32 +429,33 @@ class SlurmScheduler(Scheduler):
             if worker is None or not worker.job.alive:
                 continue
             try:
-                step = self._steps_by_name(worker.job).get(step_name(worker.launch))
+                step = self._steps(worker.job).get(step_name(worker.launch), ("", ""))[0]
                 if step:
                     _run(["scancel", "--signal=USR1", step], "signal", ok_errors=_GONE_ERRORS)
             except SlurmError as error:
                 log.warning("cannot ask worker %s for its stacks: %s", worker_id, error)
 
     def _wait_stopped(self, jobs: list[_Job], workers: list[_Worker], cancelled: set[str], timeout: float,
-                      kill: bool) -> bool:
-        """Wait until `jobs` have ended and `workers` have exit records, cancelling their steps as they appear."""
+                      kill: bool) -> tuple[list[_Job], list[_Worker]]:
+        """Wait until `jobs` have ended and `workers` have exit records, cancelling their steps as they appear;
+        returns the jobs and workers still alive at `timeout` (none: all stopped). Nothing on a node that stopped
+        answering is waited for."""
         deadline = time.monotonic() + timeout
         while True:
             self._refresh(force=True)
-            left_jobs = [job for job in jobs if job.alive]
-            left = [worker for worker in workers if worker.job.alive and worker.job.state is not JobState.PENDING
-                    and self._read_exit_code(worker) is None]
-            for job in {id(worker.job): worker.job for worker in left}.values():
-                by_name = self._steps_by_name(job)
-                new = [by_name[step_name(worker.launch)] for worker in left if worker.job is job
+            left_jobs = [job for job in jobs if job.alive and not self._on_lost_node(job)]
+            running = [worker for worker in workers if worker.job.alive and worker.job.state is not JobState.PENDING
+                       and self._read_exit_code(worker) is None]
+            left = [worker for worker in running if not self._worker_on_lost_node(worker)]
+            for job in {id(worker.job): worker.job for worker in running}.values():
+                by_name = {name: step_id for name, (step_id, _) in self._steps(job).items()}
+                new = [by_name[step_name(worker.launch)] for worker in running if worker.job is job
                        and by_name.get(step_name(worker.launch), "") not in cancelled | {""}]
                 if new:
                     _run(["scancel", *(["--signal=KILL"] if kill else []), *new], "stop", ok_errors=_GONE_ERRORS)
                     cancelled.update(new)
-            if not left_jobs and not left:
-                return True
-            if time.monotonic() >= deadline:
-                return False
+            if (not left_jobs and not left) or time.monotonic() >= deadline:
+                return left_jobs, left
             time.sleep(0.2)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
+from zrl.controller.sbatch import placement_errors
 from zrl.hosts import unreachable_host_reason
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.streams.curve import require_curve
@@ -132,6 +133,7 @@ def _group_errors(config: ExperimentConfig, name: str) -> list[str]:
                       f"got {group.max_failed}")
     if not (math.isfinite(group.restart_backoff_s) and group.restart_backoff_s >= 0):
         errors.append(f"{key}.restart_backoff_s: must be a finite number >= 0, got {group.restart_backoff_s}")
+    errors += [f"{key}.slurm.{problem}" for problem in placement_errors(group.slurm)]
     for i, other in enumerate(group.after):
         if other not in config.workers or other == name:
             errors.append(f"{key}.after[{i}]: {other!r} is not another worker group; groups: "
