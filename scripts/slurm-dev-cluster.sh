@@ -12,65 +12,12 @@ set -euo pipefail
 ACTION=${1:-}
 ROOT=${2:-${ZRL_SLURM_ROOT:-/run/zrl-slurm}}
 
-die() { echo "slurm-dev-cluster: $*" >&2; exit 1; }
-say() { echo "slurm-dev-cluster: $*" >&2; }
-
-# Resolve ROOT (symlinks included) and check that no other user can change it: every directory from ROOT up to /
-# belongs to root or the caller and is writable by no one else (a sticky directory such as /tmp may be, above
-# ROOT). A ROOT another user created, or a link they planted, is refused rather than followed.
-secure_root() {
-  local dir uid mode me
-  me=$(id -u)
-  ROOT=$(realpath -e -- "$ROOT") || die "cannot resolve $ROOT"
-  [ -d "$ROOT" ] || die "$ROOT is not a directory"
-  dir=$ROOT
-  while :; do
-    uid=$(stat -c %u -- "$dir")
-    mode=$(stat -c %a -- "$dir")
-    [ "$uid" = 0 ] || [ "$uid" = "$me" ] || die "$dir belongs to uid $uid, not root or $me; refusing to use $ROOT"
-    if (( 8#$mode & 8#022 )) && { [ "$dir" = "$ROOT" ] || ! (( 8#$mode & 8#1000 )); }; then
-      die "$dir is writable by others (mode $mode); refusing to use $ROOT"
-    fi
-    [ "$dir" = / ] && break
-    dir=$(dirname -- "$dir")
-  done
-  CONF=$ROOT/etc/slurm.conf
-  export SLURM_CONF=$CONF
-}
-
-# For `up`: create ROOT (mode 0755, never through an existing name or link), then check it.
-make_root() {
-  [ -e "$ROOT" ] || [ -L "$ROOT" ] || mkdir -m 755 -- "$ROOT" || die "cannot create $ROOT; set ZRL_SLURM_ROOT"
-  secure_root
-}
-
-# For `down` and `status`: true when ROOT exists (and is then checked); false when there is no cluster there.
-existing_root() {
-  [ -e "$ROOT" ] || [ -L "$ROOT" ] || return 1
-  secure_root
-}
-
-# The pid in FILE when that process is alive, else nothing.
-live_pid() {
-  local file=$1 pid
-  [ -s "$file" ] || return 0
-  pid=$(cat "$file")
-  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
+SCRIPT_NAME=slurm-dev-cluster
+ROOT_VARIABLE=ZRL_SLURM_ROOT
+# shellcheck source=scripts/slurm-cluster-common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/slurm-cluster-common.sh"
 
 node_state() { timeout 5 sinfo -h -o %T 2>/dev/null | head -n1 || true; }
-
-install_packages() {
-  local missing=()
-  for bin in slurmctld slurmd sinfo munged; do
-    command -v "$bin" >/dev/null || missing=(slurmctld slurmd slurm-client munge)
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || die "missing Slurm/munge binaries and no apt-get; install ${missing[*]} by hand"
-  say "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 write_conf() {
   local mem_mb cpus
@@ -79,54 +26,26 @@ write_conf() {
   cpus=$(nproc)
   # config_overrides lets the node claim more CPUs than it has, so jobs of several tasks start on small machines.
   cpus=$((cpus < 8 ? 8 : cpus))
-  cat >"$CONF" <<EOF
+  {
+    common_slurm_conf
+    cat <<EOF
 ClusterName=zrldev
 SlurmctldHost=localhost
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$ROOT/munge/munge.socket.2
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
-JobCompLoc=$ROOT/log/jobcomp.txt
-StateSaveLocation=$ROOT/state
 SlurmdSpoolDir=$ROOT/spool
-SlurmctldPidFile=$ROOT/run/slurmctld.pid
 SlurmdPidFile=$ROOT/run/slurmd.pid
-SlurmctldLogFile=$ROOT/log/slurmctld.log
 SlurmdLogFile=$ROOT/log/slurmd.log
-SlurmdParameters=config_overrides
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-ReturnToService=2
-MinJobAge=600
-KillWait=5
-InactiveLimit=0
-MailProg=/bin/true
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
+  } >"$CONF"
 }
 
-start_munge() {
-  [ -n "$(live_pid "$ROOT/munge/munged.pid")" ] && return 0
-  chown munge:munge "$ROOT/munge"
-  chmod 755 "$ROOT/munge" # munged refuses a socket directory that others cannot traverse
-  [ -s "$ROOT/munge/munge.key" ] || runuser -u munge -- mungekey -c -k "$ROOT/munge/munge.key"
-  runuser -u munge -- munged --socket="$ROOT/munge/munge.socket.2" --key-file="$ROOT/munge/munge.key" \
-    --pid-file="$ROOT/munge/munged.pid" --log-file="$ROOT/munge/munged.log" --seed-file="$ROOT/munge/munged.seed"
-}
 
 up() {
   [ "$(id -u)" -eq 0 ] || die "'up' needs root (it starts munged as the munge user and slurmd as root)"
   make_root
-  install_packages
+  install_packages "slurmctld slurmd sinfo munged" slurmctld slurmd slurm-client munge
   mkdir -p "$ROOT"/{etc,state,spool,log,run,munge}
   if [ -z "$(live_pid "$ROOT/run/slurmctld.pid")" ]; then
     write_conf
@@ -176,14 +95,9 @@ down() {
 }
 
 status() {
-  local rc=0 name file pid
+  local rc=0
   existing_root || { echo "no cluster under $ROOT"; return 1; }
-  for pair in munged:$ROOT/munge/munged.pid slurmctld:$ROOT/run/slurmctld.pid slurmd:$ROOT/run/slurmd.pid; do
-    name=${pair%%:*}
-    file=${pair#*:}
-    pid=$(live_pid "$file")
-    if [ -n "$pid" ]; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; rc=1; fi
-  done
+  daemon_states munged:$ROOT/munge/munged.pid slurmctld:$ROOT/run/slurmctld.pid slurmd:$ROOT/run/slurmd.pid || rc=1
   if [ $rc -eq 0 ]; then
     echo "node: $(node_state)"
     echo "export SLURM_CONF=$CONF"

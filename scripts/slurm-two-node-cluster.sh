@@ -36,8 +36,10 @@ PARTITION=pair
 NODES=(zrl-n1 zrl-n2)
 NODE_CPUS=8
 
-die() { echo "slurm-two-node-cluster: $*" >&2; exit 1; }
-say() { echo "slurm-two-node-cluster: $*" >&2; }
+SCRIPT_NAME=slurm-two-node-cluster
+ROOT_VARIABLE=ZRL_SLURM2_ROOT
+# shellcheck source=scripts/slurm-cluster-common.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/slurm-cluster-common.sh"
 
 # The first three octets of a /24 such as 10.231.0.0/24.
 prefix24() {
@@ -58,49 +60,6 @@ mgmt_addr() { echo "$MGMT_NET.$((10 + $(node_index "$1")))"; }
 # The bridge end of a node's veth (interface names have at most 15 characters).
 host_veth() { echo "v$BRIDGE-$(node_index "$1")"; }
 
-# Resolve ROOT (symlinks included) and check that no other user can change it: every directory from ROOT up to /
-# belongs to root or the caller and is writable by no one else (a sticky directory such as /tmp may be, above
-# ROOT). A ROOT another user created, or a link they planted, is refused rather than followed.
-secure_root() {
-  local dir uid mode me
-  me=$(id -u)
-  ROOT=$(realpath -e -- "$ROOT") || die "cannot resolve $ROOT"
-  [ -d "$ROOT" ] || die "$ROOT is not a directory"
-  dir=$ROOT
-  while :; do
-    uid=$(stat -c %u -- "$dir")
-    mode=$(stat -c %a -- "$dir")
-    [ "$uid" = 0 ] || [ "$uid" = "$me" ] || die "$dir belongs to uid $uid, not root or $me; refusing to use $ROOT"
-    if (( 8#$mode & 8#022 )) && { [ "$dir" = "$ROOT" ] || ! (( 8#$mode & 8#1000 )); }; then
-      die "$dir is writable by others (mode $mode); refusing to use $ROOT"
-    fi
-    [ "$dir" = / ] && break
-    dir=$(dirname -- "$dir")
-  done
-  CONF=$ROOT/etc/slurm.conf
-  export SLURM_CONF=$CONF
-}
-
-# For `up`: create ROOT (mode 0755, never through an existing name or link), then check it.
-make_root() {
-  [ -e "$ROOT" ] || [ -L "$ROOT" ] || mkdir -m 755 -- "$ROOT" || die "cannot create $ROOT; set ZRL_SLURM2_ROOT"
-  secure_root
-}
-
-# For the other actions: true when ROOT exists (and is then checked); false when there is no cluster there.
-existing_root() {
-  [ -e "$ROOT" ] || [ -L "$ROOT" ] || return 1
-  secure_root
-}
-
-# The pid in FILE when that process is alive, else nothing.
-live_pid() {
-  local file=$1 pid
-  [ -s "$file" ] || return 0
-  pid=$(cat "$file")
-  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
-
 munged_pid_file() { echo "$ROOT/munge/munged.pid"; }
 slurmctld_pid_file() { echo "$ROOT/run/slurmctld.pid"; }
 slurmd_pid_file() { echo "$ROOT/run/slurmd-$1.pid"; }
@@ -116,17 +75,6 @@ all_nodes_ready() {
   done
 }
 
-install_packages() {
-  local missing=()
-  for bin in slurmctld slurmd sinfo munged ip nsenter unshare; do
-    command -v "$bin" >/dev/null || missing=(slurmctld slurmd slurm-client munge iproute2 util-linux)
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || die "missing Slurm/munge/iproute2 binaries and no apt-get; install ${missing[*]} by hand"
-  say "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 write_conf() {
   local mem_mb nodes_csv node
@@ -135,38 +83,16 @@ write_conf() {
   nodes_csv=$(IFS=,; echo "${NODES[*]}")
   # config_overrides lets each node claim more CPUs than the machine has, so jobs of several tasks start.
   {
+    common_slurm_conf
     cat <<EOF
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$CTL_HOST($CTL_ADDR)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$ROOT/munge/munge.socket.2
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
-JobCompLoc=$ROOT/log/jobcomp.txt
-StateSaveLocation=$ROOT/state
 SlurmdSpoolDir=$ROOT/spool/%n
-SlurmctldPidFile=$ROOT/run/slurmctld.pid
 SlurmdPidFile=$ROOT/run/slurmd-%n.pid
-SlurmctldLogFile=$ROOT/log/slurmctld.log
 SlurmdLogFile=$ROOT/log/slurmd-%n.log
-SlurmdParameters=config_overrides
-SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
-ReturnToService=2
-MinJobAge=600
-KillWait=5
-InactiveLimit=0
-MailProg=/bin/true
 DefMemPerCPU=$((mem_mb / NODE_CPUS))
 EOF
     for node in "${NODES[@]}"; do
@@ -262,15 +188,6 @@ ensure_node_net() {
   ip -n "$node" link set eth0 up
 }
 
-start_munge() {
-  [ -n "$(live_pid "$(munged_pid_file)")" ] && return 0
-  chown munge:munge "$ROOT/munge"
-  chmod 755 "$ROOT/munge" # munged refuses a socket directory that others cannot traverse
-  [ -s "$ROOT/munge/munge.key" ] || runuser -u munge -- mungekey -c -k "$ROOT/munge/munge.key"
-  runuser -u munge -- munged --socket="$ROOT/munge/munge.socket.2" --key-file="$ROOT/munge/munge.key" \
-    --pid-file="$(munged_pid_file)" --log-file="$ROOT/munge/munged.log" --seed-file="$ROOT/munge/munged.seed" \
-    </dev/null >/dev/null 2>&1
-}
 
 # slurmctld stays in the root network namespace (the controller host) but needs the host name of SlurmctldHost,
 # so it gets its own UTS namespace. The shell writes its own pid, which exec hands on to the daemon (nsenter and
@@ -304,7 +221,7 @@ wait_pid_file() {
 up() {
   [ "$(id -u)" -eq 0 ] || die "'up' needs root (it creates network namespaces and starts munged and the Slurm daemons)"
   make_root
-  install_packages
+  install_packages "slurmctld slurmd sinfo munged ip nsenter unshare" slurmctld slurmd slurm-client munge iproute2 util-linux
   check_network_free
   mkdir -p "$ROOT"/{etc,state,spool,log,run,munge,nodes}
   [ -n "$(live_pid "$(slurmctld_pid_file)")" ] || write_conf
@@ -406,16 +323,11 @@ down() {
 }
 
 status() {
-  local rc=0 name file pid node
+  local rc=0 node
   existing_root || { echo "no cluster under $ROOT"; return 1; }
   local daemons=("munged:$(munged_pid_file)" "slurmctld:$(slurmctld_pid_file)")
   for node in "${NODES[@]}"; do daemons+=("slurmd $node:$(slurmd_pid_file "$node")"); done
-  for pair in "${daemons[@]}"; do
-    name=${pair%%:*}
-    file=${pair#*:}
-    pid=$(live_pid "$file")
-    if [ -n "$pid" ]; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; rc=1; fi
-  done
+  daemon_states "${daemons[@]}" || rc=1
   if [ $rc -eq 0 ]; then
     node_states | sed 's/^/node /'
     echo "export SLURM_CONF=$CONF"

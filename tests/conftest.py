@@ -25,18 +25,19 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence, that a test may stop and restart; with
-    `password`, clients must AUTH (`requirepass`)."""
+    """A real redis-server on a free port of `host` (loopback by default), with no persistence, that a test may stop
+    and restart; with `password`, clients must AUTH (`requirepass`)."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
-        self.port = free_port()
+    def __init__(self, workdir: Path, password: str | None = None, host: str = "127.0.0.1"):
+        self.host = host
+        self.port = free_port(host)
         self.workdir = workdir
         self.password = password
         self.process: subprocess.Popen | None = None
@@ -44,13 +45,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         """The server's URL, without its password."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         # The password goes to redis-server on stdin, as a config file, so that it stays out of its argv.
         requirepass = [] if self.password is None else ["-"]
         self.process = subprocess.Popen(
-            ["redis-server", *requirepass, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", *requirepass, "--port", str(self.port), "--bind", self.host, "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -61,13 +62,13 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+        raise RuntimeError(f"redis-server did not answer on {self.host}:{self.port} within 10 s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import RedisServer, require
 from two_node_cluster import (  # noqa: F401
-    BridgeRedis,
     TwoNodeCluster,
     bridge_redis,
     run_script,
@@ -123,7 +122,7 @@ def test_one_task_runs_on_each_node_with_its_own_name_and_interfaces(two_node_cl
 
 
 def test_job_steps_reach_the_controller_and_each_other_only_on_the_bridge(
-        two_node_cluster: TwoNodeCluster, bridge_redis: BridgeRedis):  # noqa: F811
+        two_node_cluster: TwoNodeCluster, bridge_redis: RedisServer):  # noqa: F811
     cluster = two_node_cluster
     port = slurmd_port(cluster)
     first, second = cluster.nodes

@@ -27,6 +27,15 @@ def cluster_run(tmp_path: Path, cluster: TwoNodeCluster, redis, *overrides: str)
                      f"name_resolve={redis.url}", "worker_host=auto", "security.curve=on", *overrides, env=env)
 
 
+def endless_run(tmp_path: Path, cluster: TwoNodeCluster, redis) -> TreepoRun:  # noqa: F811
+    """A run that goes on until stopped: the policy and evaluator on the first node, trainer and rollout on the
+    second; a short controller lease."""
+    n1, n2 = cluster.nodes
+    return cluster_run(tmp_path, cluster, redis, "total_steps=1000", "prompts_per_step=2", "tree.width=4",
+                       f"timeouts.controller_lease_s={LEASE_S:g}", f"timeouts.exit_grace_s={EXIT_GRACE_S:g}",
+                       *place(policy=n1, evaluator=n1, trainer=n2, rollout=n2))
+
+
 def place(**nodes: str) -> list[str]:
     return [f"workers.{group}.slurm.nodelist={node}" for group, node in nodes.items()]
 
@@ -88,9 +97,7 @@ def test_a_sigkilled_controller_leaves_nothing_on_either_node(tmp_path: Path, tw
                                                               bridge_redis):  # noqa: F811
     cluster = two_node_cluster
     n1, n2 = cluster.nodes
-    run = cluster_run(tmp_path, cluster, bridge_redis, "total_steps=1000", "prompts_per_step=2", "tree.width=4",
-                      f"timeouts.controller_lease_s={LEASE_S:g}", f"timeouts.exit_grace_s={EXIT_GRACE_S:g}",
-                      *place(policy=n1, evaluator=n1, trainer=n2, rollout=n2))
+    run = endless_run(tmp_path, cluster, bridge_redis)
     try:
         wait_for_step(run, 1)
         assert len(run.worker_pids()) == 4
@@ -112,10 +119,8 @@ def test_a_sigkilled_controller_leaves_nothing_on_either_node(tmp_path: Path, tw
 def test_a_node_cut_off_mid_run_stops_the_run_naming_it(tmp_path: Path, two_node_cluster: TwoNodeCluster,  # noqa: F811
                                                        bridge_redis):  # noqa: F811
     cluster = two_node_cluster
-    n1, n2 = cluster.nodes
-    run = cluster_run(tmp_path, cluster, bridge_redis, "total_steps=1000", "prompts_per_step=2", "tree.width=4",
-                      f"timeouts.controller_lease_s={LEASE_S:g}", f"timeouts.exit_grace_s={EXIT_GRACE_S:g}",
-                      *place(policy=n1, evaluator=n1, trainer=n2, rollout=n2))
+    n2 = cluster.nodes[1]
+    run = endless_run(tmp_path, cluster, bridge_redis)
     try:
         wait_for_step(run, 2)
         cluster.cut(n2)

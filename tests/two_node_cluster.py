@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import RedisServer, require
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm-two-node-cluster.sh"
 SLURM_BINARIES = ("slurmctld", "slurmd", "sinfo", "sbatch", "srun", "scancel", "munged")
@@ -127,64 +125,12 @@ def two_node_cluster() -> Iterator[TwoNodeCluster]:
             run_script(root, "down")
 
 
-class BridgeRedis:
-    """A real redis-server, without persistence, on a free port of `host` (the controller's bridge address, which
-    the nodes reach); clients must AUTH with `password`."""
-
-    def __init__(self, workdir: Path, host: str, password: str):
-        self.workdir = workdir
-        self.host = host
-        self.password = password
-        self.port = _free_port(host)
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        """The server's URL, without its password."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def start(self) -> None:
-        # The password goes to redis-server on stdin, as a config file, so that it stays out of its argv.
-        self.process = subprocess.Popen(
-            ["redis-server", "-", "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"requirepass {self.password}\n".encode())
-        self.process.stdin.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server on {self.host}:{self.port} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"-NOAUTH"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on {self.host}:{self.port} within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def bridge_redis(two_node_cluster: TwoNodeCluster, tmp_path: Path) -> Iterator[BridgeRedis]:
+def bridge_redis(two_node_cluster: TwoNodeCluster, tmp_path: Path) -> Iterator[RedisServer]:
     """A password-protected redis-server on the controller's bridge address, for workers on the nodes."""
     require(shutil.which("redis-server") is not None,
             "redis-server is not installed (make test installs it with apt when run as root)")
-    server = BridgeRedis(tmp_path, two_node_cluster.controller_address, password="pw-" + os.urandom(8).hex())
+    server = RedisServer(tmp_path, password="pw-" + os.urandom(8).hex(), host=two_node_cluster.controller_address)
     server.start()
     try:
         yield server
