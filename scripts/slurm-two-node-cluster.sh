@@ -94,6 +94,8 @@ SlurmdSpoolDir=$ROOT/spool/%n
 SlurmdPidFile=$ROOT/run/slurmd-%n.pid
 SlurmdLogFile=$ROOT/log/slurmd-%n.log
 DefMemPerCPU=$((mem_mb / NODE_CPUS))
+# Nodes are pinged every SlurmdTimeout/3 s; a healed node gets the kills it missed at the next ping.
+SlurmdTimeout=30
 EOF
     for node in "${NODES[@]}"; do
       echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$NODE_CPUS RealMemory=$mem_mb State=UNKNOWN"

@@ -128,7 +128,7 @@ def test_a_policy_worker_killed_mid_run_leaves_the_run_to_the_other(tmp_path: Pa
         assert f"{killed}{ON_THIS_NODE}; the experiment goes on without it (1 of workers.policy.max_failed=1 failed)" in output
         assert (workers["policy/1"]["status"], workers["policy/1"]["restarts"]) == ("FAILED", 0)
     else:
-        assert f"{killed}; restarting it (1/1)" in output
+        assert f"{killed}{ON_THIS_NODE}; restarting it (1/1)" in output
         relaunched = workers["policy/1"]
         assert relaunched["restarts"] == 1 and len(relaunched["ended_processes"]) == 1
         stats = relaunched["last"]["stats"]

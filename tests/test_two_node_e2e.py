@@ -144,4 +144,4 @@ def test_a_node_cut_off_mid_run_stops_the_run_naming_it(tmp_path: Path, two_node
             run.process.kill()
         # Healed, the node's workers see the controller's lease gone and exit; Slurm ends their jobs.
         assert wait_until(lambda: not run.worker_pids(), LEASE_S + EXIT_GRACE_S + 30), run.worker_pids()
-        assert wait_until(lambda: not trial_jobs(cluster, run.trial), 60), trial_jobs(cluster, run.trial)
+        assert wait_until(lambda: not trial_jobs(cluster, run.trial), 120), trial_jobs(cluster, run.trial)

@@ -216,6 +216,16 @@ class SlurmScheduler(Scheduler):
             if job.job_id not in listed and (job.seen or self._last_query - job.submitted_at > _LIST_GRACE_S):
                 job.vanished = True
                 job.reason = "no longer listed by squeue"
+        self._forgive_nodes([job for job in pending if not job.alive and not job.vanished])
+
+    def _forgive_nodes(self, ended: list[_Job]) -> None:
+        """A job that Slurm saw end on a node taken for unreachable: the node answers again (healed, or it was only
+        slow), so what runs on it is waited for again."""
+        for job in ended:
+            back = sorted(self._unreachable & self._nodes_of(job.nodes)) if self._on_lost_node(job) else []
+            if back:
+                self._unreachable -= set(back)
+                log.warning("Slurm node %s answers again (job %s ended)", ", ".join(back), job.job_id)
 
     def _note_requeue(self, job: _Job) -> None:
         """Track Slurm's restart count: a job seen running that is pending again was requeued (preemption,
