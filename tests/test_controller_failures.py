@@ -12,7 +12,7 @@ import pytest
 from test_controller_e2e import ControllerRun, alive
 
 from zrl.config import ControllerTimeouts
-from zrl.controller.runner import restart_delay
+from zrl.controller.supervisor import restart_delay
 from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control import ControlClient
 from zrl.streams.control_key_file import control_key_path, read_control_key
