@@ -1,7 +1,9 @@
-"""The policy worker in-process, over a real inference stream: which version answers a request."""
+"""The policy worker in-process, over a real inference stream: which version answers a request; and how it answers
+a batch with a malformed request in it."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -11,9 +13,11 @@ import pytest
 from fixtures_tiny import tiny_model_dir  # noqa: F401
 from transformers import AutoModelForCausalLM
 
+from zrl.engines.base import GenerationRequest, GenerationResult
 from zrl.nameresolve import make_name_resolver, names
-from zrl.streams import NameResolvingInferenceClient
+from zrl.streams import NameResolvingInferenceClient, Request
 from zrl.workers.base import WorkerContext
+from zrl.workers.messages import GenerationResponse
 from zrl.workers.policy import PolicyWorker
 from zrl.workers.treepo_common import open_paramdb
 from zrl.workers.treepo_config import ModelSource, PolicyConfig
@@ -102,3 +106,33 @@ def test_a_policy_worker_started_mid_run_answers_with_the_newest_version_that_lo
         refusing._close()
         resolver.close()
     assert paramdb.pins("policy") == {}  # neither left its pin behind
+
+
+def test_a_malformed_request_is_refused_naming_its_field_and_the_rest_of_the_batch_is_answered():
+    class Engine:
+        version = 4
+
+        def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+            return [GenerationResult(r.request_id, [len(r.prefix_ids)], [-0.5], False, self.version) for r in requests]
+
+    class Server:
+        answered: list = []
+
+        def poll_requests(self, max_batch: int, timeout: float) -> list[Request]:
+            payloads = [{"prefix": [1, 2], "max_new_tokens": 1}, {"prefix": [1], "max_new_tokens": "abc"},
+                        {"prefix": [1, 2, 3], "max_new_tokens": 1}]
+            return [Request(index, payload, b"rollout", 0.0) for index, payload in enumerate(payloads)]
+
+        def respond_many(self, responses: list) -> None:
+            self.answered.extend((request.id, answer) for request, answer in responses)
+
+    worker = PolicyWorker.__new__(PolicyWorker)
+    worker.config = PolicyConfig()
+    worker.engine, worker.server = Engine(), Server()
+    worker.counts = {"requests": 0, "refused": 0, "engine_calls": 0}
+    worker.generate_s, worker.first_version_served, worker.next_version_check = 0.0, None, math.inf
+    assert worker._poll().sample_count == 3
+    assert worker.server.answered == [
+        (0, GenerationResponse([2], [-0.5], False, 4).to_wire()),
+        (1, {"error": "generation request: field 'max_new_tokens': expected an int, got 'abc'"}),
+        (2, GenerationResponse([3], [-0.5], False, 4).to_wire())]

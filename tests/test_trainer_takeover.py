@@ -16,6 +16,7 @@ from fixtures_tiny import tiny_model_dir  # noqa: F401
 from zrl.nameresolve import make_name_resolver, names
 from zrl.rl.tree.trajectory import Trajectory, TreeResult, TreeStats
 from zrl.workers.base import WorkerContext
+from zrl.workers.messages import TreeSample
 from zrl.workers.trainer import ReceivedTree, TrainerWorker
 from zrl.workers.treepo_config import ModelSource, TrainerConfig
 
@@ -100,7 +101,8 @@ def received_tree(uid: str, samples: int = 2) -> ReceivedTree:
     trajectories = [Trajectory(uid=uid, prompt_ids=[5, 6, 7], response_ids=[8, 9, 10], logprobs=[-1.0] * 3,
                                segment_ids=[index], segment_tokens=[3], versions=[0], status="finished",
                                reward=1.0 if index % 2 else -1.0, tree_id=uid) for index in range(samples)]
-    return ReceivedTree(TreeResult(uid, trajectories, TreeStats(decoded_tokens=3 * samples)), {"producer": "rollout/0"})
+    tree = TreeResult(uid, trajectories, TreeStats(decoded_tokens=3 * samples))
+    return ReceivedTree(TreeSample(tree, producer="rollout/0"))
 
 
 def test_a_status_served_while_a_step_pushes_counts_its_batch_once(start_trainer):

@@ -1,4 +1,4 @@
-"""Pieces of the TreePO workers that need no running experiment: sharding, payload parsing, tokenizer loading."""
+"""Pieces of the TreePO workers that need no running experiment: sharding, throttling, tokenizer loading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from zrl.nameresolve import make_name_resolver, names
 from zrl.rl.problem import Problem
 from zrl.rl.shard import ShardCursor
 from zrl.rl.synthetic import generate_problems
-from zrl.workers.policy import request_from_payload
+from zrl.rl.tree import Trajectory, TreeResult, TreeStats
+from zrl.workers.messages import TreeSample
 from zrl.workers.rollout import load_tokenizer_and_eos
 from zrl.workers.treepo_common import load_problems, load_tokenizer, model_path, open_paramdb
 from zrl.workers.treepo_config import ModelSource, ProblemSource
@@ -66,16 +67,6 @@ def test_a_far_position_is_reached_without_walking_there():
         ShardCursor(data, 0, 1, seed=1, position=-1)
 
 
-def test_generation_payloads_are_checked_field_by_field():
-    request = request_from_payload({"prefix": [1, 2], "max_new_tokens": 4, "temperature": 0.5, "seed": 3}, "7")
-    assert (request.prefix_ids, request.max_new_tokens, request.sampling.temperature, request.sampling.seed,
-            request.request_id) == ([1, 2], 4, 0.5, 3, "7")
-    for payload, message in (([1, 2], "payload is a list"), ({"prefix": [1]}, "KeyError"),
-                             ({"prefix": ["x"], "max_new_tokens": 1}, "ValueError")):
-        with pytest.raises(ValueError, match=message):
-            request_from_payload(payload, "1")
-
-
 def test_the_tiny_model_tokenizer_keeps_every_character(tiny_model_dir):  # noqa: F811
     tokenizer = load_tokenizer(Path(tiny_model_dir))
     text = "Compute 3+4*2.\n4*2=8, so 3+8\n"
@@ -110,8 +101,9 @@ def test_a_tree_whose_scoring_finishes_while_posting_is_not_lost():
     from zrl.workers.rollout import RolloutWorker
     from zrl.workers.treepo_config import RolloutConfig
 
-    def sample(uid: str) -> dict:
-        return {"tree": {"uid": uid, "trajectories": [{"reward": 1.0}], "stats": {}}}
+    def sample(uid: str) -> TreeSample:
+        trajectory = Trajectory(uid, [1], [2], [-0.5], [0], [1], [0], "finished", reward=1.0)
+        return TreeSample(TreeResult(uid, [trajectory], TreeStats()))
 
     class FinishesOnSecondLook(Future):
         looks = 0

@@ -7,9 +7,9 @@ without restarting the engine. The version it is loading is pinned, so garbage c
 A policy worker that is relaunched during a run loads the newest version that loads before it registers its
 inference address, so it never answers with the starting weights once the trainer has pushed.
 
-Request payload: {"prefix": [int], "max_new_tokens": int, "temperature": float, "top_p": float, "seed": int|None}.
-Response payload: {"tokens": [int], "logprobs": [float], "eos": bool, "version": int}, or {"error": str} for a
-request the engine refused (the other requests of the batch are still answered).
+A request is a `GenerationRequestMessage`, its answer a `GenerationResponse`, or a `GenerationRefusal` for a
+request that is malformed or that the engine refused: the other requests of the batch are still answered
+(`zrl.workers.messages`).
 """
 
 from __future__ import annotations
@@ -17,31 +17,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zrl.engines.base import GenerationRequest, SamplingParams
+from zrl.engines.base import GenerationRequest
 from zrl.nameresolve import names
 from zrl.paramdb import ParamDBError, VersionNotFoundError
 from zrl.streams import InferenceStreamConfig, NameResolvingInferenceServer, Request, SocketConfig
+from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
+from zrl.workers.messages import GenerationRefusal, GenerationRequestMessage, GenerationResponse
 from zrl.workers.treepo_common import model_path, open_paramdb, set_threads
 from zrl.workers.treepo_config import PolicyConfig
 
 LOAD_ATTEMPTS = 3
 """Listings of the parameter DB a starting policy worker reads when versions vanish (garbage-collected) under it."""
-
-
-def request_from_payload(payload: Any, request_id: str) -> GenerationRequest:
-    """A GenerationRequest from a wire payload; ValueError says which field is wrong."""
-    if not isinstance(payload, dict):
-        raise ValueError(f"payload is a {type(payload).__name__}, not a dict")
-    try:
-        prefix = [int(t) for t in payload["prefix"]]
-        max_new = int(payload["max_new_tokens"])
-        seed = payload.get("seed")
-        sampling = SamplingParams(float(payload.get("temperature", 1.0)), float(payload.get("top_p", 1.0)),
-                                  None if seed is None else int(seed))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed generation request: {type(exc).__name__}: {exc}") from None
-    return GenerationRequest(prefix, max_new, sampling, request_id)
 
 
 class PolicyWorker(Worker):
@@ -79,9 +66,11 @@ class PolicyWorker(Worker):
         good: list[tuple[Request, GenerationRequest]] = []
         for request in requests:
             try:
-                good.append((request, request_from_payload(request.payload, str(request.id))))
-            except ValueError as exc:
-                answers[request.id] = {"error": str(exc)}
+                message = GenerationRequestMessage.from_wire(request.payload)
+            except WireError as exc:
+                answers[request.id] = GenerationRefusal(str(exc)).to_wire()
+                continue
+            good.append((request, message.to_generation(str(request.id))))
         if good:
             self._generate(good, answers)
         self.server.respond_many([(request, answers[request.id]) for request in requests])
@@ -96,7 +85,7 @@ class PolicyWorker(Worker):
             # One bad request must not cost the others their answers: retry one by one to isolate it.
             if len(batch) == 1:
                 self.counts["refused"] += 1
-                answers[batch[0][0].id] = {"error": str(exc)}
+                answers[batch[0][0].id] = GenerationRefusal(str(exc)).to_wire()
                 return
             for item in batch:
                 self._generate([item], answers)
@@ -106,8 +95,7 @@ class PolicyWorker(Worker):
         if self.first_version_served is None:
             self.first_version_served = results[0].version
         for (request, _), result in zip(batch, results, strict=True):
-            answers[request.id] = {"tokens": result.token_ids, "logprobs": result.logprobs, "eos": result.eos,
-                                   "version": result.version}
+            answers[request.id] = GenerationResponse.from_result(result).to_wire()
 
     def _load_newest(self, config: PolicyConfig) -> None:
         """Load the newest version in the parameter DB, passing over corrupt ones for older ones; none yet: keep the

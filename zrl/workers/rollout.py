@@ -17,10 +17,7 @@ continues its shard where it stood (only the trees in flight when it stopped are
 worker of a new controller run of the same trial (resume) also takes over the produced-sample counters saved there,
 so the sample accounting covers the whole trial; one relaunched within a run counts from zero, as a new incarnation.
 
-Sample payload: {"tree": TreeResult.to_dict(), "problem_uid": str, "producer": worker id, "incarnation": str,
-"epoch": int, "shard_position": int (the problem's position in the shard), "gen_s": float, "reward_s": float};
-`incarnation` names this process (a relaunched worker gets a new one), so the trainer counts what reached it from
-each and the sample accounting tells lost samples from those in flight.
+The requests, answers and samples it exchanges are the messages of `zrl.workers.messages`.
 """
 
 from __future__ import annotations
@@ -44,7 +41,14 @@ from zrl.streams import (
     NameResolvingSampleProducer,
     SampleStreamConfig,
 )
+from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
+from zrl.workers.messages import (
+    GenerationRefusal,
+    GenerationRequestMessage,
+    TreeSample,
+    generation_answer_from_wire,
+)
 from zrl.workers.treepo_common import load_problems, load_tokenizer, model_path, open_paramdb, run_dir
 from zrl.workers.treepo_config import RolloutConfig
 
@@ -177,10 +181,7 @@ class RolloutWorker(Worker):
     def _send_requests(self) -> int:
         pending = self.sampler.pending_requests()
         for request in pending:
-            stream_id = self.client.post({
-                "prefix": request.prefix_ids, "max_new_tokens": request.max_new_tokens,
-                "temperature": request.sampling.temperature, "top_p": request.sampling.top_p,
-                "seed": request.sampling.seed}, flush=False)
+            stream_id = self.client.post(GenerationRequestMessage.from_generation(request).to_wire(), flush=False)
             self.requests[stream_id] = request.request_id
         if pending:
             self.client.flush()
@@ -194,10 +195,7 @@ class RolloutWorker(Worker):
             request_id = self.requests.pop(stream_id, None)
             if request_id is None:
                 continue
-            if "error" in payload:
-                raise RuntimeError(f"the policy refused generation request {request_id}: {payload['error']}")
-            results.append(GenerationResult(request_id, list(payload["tokens"]), list(payload["logprobs"]),
-                                            bool(payload["eos"]), int(payload["version"])))
+            results.append(_generation_result(request_id, payload))
         if results:
             self.sampler.on_results(results)
         return len(results)
@@ -208,13 +206,13 @@ class RolloutWorker(Worker):
             gen_s = time.monotonic() - started
             self.scored.append(self.scoring.submit(self._score, tree, epoch, position, problem, gen_s))
 
-    def _score(self, tree: TreeResult, epoch: int, position: int, problem: Problem, gen_s: float) -> dict[str, Any]:
+    def _score(self, tree: TreeResult, epoch: int, position: int, problem: Problem, gen_s: float) -> TreeSample:
         started = time.perf_counter()
         self.verifier.score_trajectories(tree.trajectories, {tree.uid: problem.answer}, self.tokenizer.decode,
                                          self.config.tree.cap)
-        return {"tree": tree.to_dict(), "problem_uid": problem.uid, "producer": self.context.worker_id,
-                "incarnation": self.incarnation, "epoch": epoch, "shard_position": position, "gen_s": gen_s,
-                "reward_s": time.perf_counter() - started}
+        return TreeSample(tree, problem_uid=problem.uid, producer=self.context.worker_id,
+                          incarnation=self.incarnation, epoch=epoch, shard_position=position, gen_s=gen_s,
+                          reward_s=time.perf_counter() - started)
 
     def _post_scored(self) -> int:
         done, pending = [], []
@@ -228,9 +226,9 @@ class RolloutWorker(Worker):
             sample = future.result()  # a scoring error fails the worker loudly, with its traceback
             # Counted before it is handed to the stream, so a consumer never reports more than was produced.
             self.counts["trees_posted"] += 1
-            self.counts["trajectories_posted"] += len(sample["tree"]["trajectories"])
-            trajectories += len(sample["tree"]["trajectories"])
-            self.producer.post(sample)
+            self.counts["trajectories_posted"] += len(sample.tree.trajectories)
+            trajectories += len(sample.tree.trajectories)
+            self.producer.post(sample.to_wire())
         self.producer.flush()
         return trajectories
 
@@ -296,3 +294,14 @@ class RolloutWorker(Worker):
             self.verifier.close()
             self.producer.close()
             self.client.close()
+
+
+def _generation_result(request_id: str, payload: Any) -> GenerationResult:
+    """The policy's answer to a request; a refusal or a malformed answer fails the worker."""
+    try:
+        answer = generation_answer_from_wire(payload)
+    except WireError as exc:
+        raise RuntimeError(f"the policy's answer to generation request {request_id} is malformed: {exc}") from None
+    if isinstance(answer, GenerationRefusal):
+        raise RuntimeError(f"the policy refused generation request {request_id}: {answer.error}")
+    return answer.to_result(request_id)

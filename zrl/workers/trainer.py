@@ -41,10 +41,12 @@ from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.rl.advantage import dynamic_sampling
 from zrl.rl.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
-from zrl.rl.tree import TreeResult, merge_stats
+from zrl.rl.tree import merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
+from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.drills import deadlock_in_native_code
+from zrl.workers.messages import TreeSample
 from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trainer_group
 from zrl.workers.treepo_common import (
     FINAL_TAG,
@@ -64,21 +66,12 @@ RECEIVED_FILE = "received.json"
 
 
 class ReceivedTree:
-    """A scored tree from the sample stream with what the trainer needs to know about it."""
+    """A scored tree from the sample stream, and the oldest policy version that sampled it."""
 
-    def __init__(self, tree: TreeResult, sample: dict[str, Any]):
-        self.tree = tree
-        self.oldest_version = min((min(t.versions) for t in tree.trajectories if t.versions), default=0)
-        self.producer = str(sample.get("producer", ""))
-        self.incarnation = str(sample.get("incarnation", ""))
-        self.shard_position = int(sample.get("shard_position", -1))
-        self.gen_s = float(sample.get("gen_s", 0.0))
-        self.reward_s = float(sample.get("reward_s", 0.0))
-
-    def to_sample(self) -> dict[str, Any]:
-        """The sample this tree came in, as `__init__` reads it (for the other trainers of a group)."""
-        return {"tree": self.tree.to_dict(), "producer": self.producer, "gen_s": self.gen_s,
-                "reward_s": self.reward_s}
+    def __init__(self, sample: TreeSample):
+        self.sample = sample
+        self.tree = sample.tree
+        self.oldest_version = min((min(t.versions) for t in self.tree.trajectories if t.versions), default=0)
 
     @property
     def size(self) -> int:
@@ -233,7 +226,7 @@ class TrainerWorker(Worker):
             self.in_step = sum(b.size for b in batch)
         if self.group is not None:
             self.group.broadcast({"step": self.step, "version": self.version,
-                                  "trees": [b.to_sample() for b in batch]})
+                                  "trees": [b.sample.to_wire() for b in batch]})
         self._train(batch)
         return PollResult(sample_count=sum(b.size for b in batch), batch_count=1,
                           done=self.step >= config.total_steps)
@@ -248,7 +241,7 @@ class TrainerWorker(Worker):
             raise TrainerGroupError(f"trainer rank {self.group.rank} is at step {self.step}, but rank 0 sent the "
                                     f"batch of step {message['step']}")
         self.version = int(message["version"])  # rank 0 may have pushed its resumed weights as a newer version
-        self._train([ReceivedTree(TreeResult.from_dict(sample["tree"]), sample) for sample in message["trees"]])
+        self._train([ReceivedTree(TreeSample.from_wire(sample)) for sample in message["trees"]])
         return PollResult(batch_count=1, done=self.step >= self.config.total_steps)
 
     # ---- steps of a poll ----
@@ -257,8 +250,8 @@ class TrainerWorker(Worker):
         samples = self.consumer.consume(MAX_DRAIN, timeout=timeout)
         for sample in samples:
             try:
-                item = ReceivedTree(TreeResult.from_dict(sample["tree"]), sample)
-            except (KeyError, TypeError, ValueError) as exc:
+                item = ReceivedTree(TreeSample.from_wire(sample))
+            except WireError as exc:
                 self.accounting["garbage"] += 1
                 if self.accounting["garbage"] == 1:
                     self.logger.warning("dropping a malformed sample (further ones are only counted): %s", exc)
@@ -266,7 +259,8 @@ class TrainerWorker(Worker):
             kept = not self.config.advantage.dynamic_sampling or dynamic_sampling(item.tree.trajectories).kept
             with self.counting:
                 self.accounting["received"] += item.size
-                self.received_from[item.incarnation] = self.received_from.get(item.incarnation, 0) + item.size
+                incarnation = item.sample.incarnation
+                self.received_from[incarnation] = self.received_from.get(incarnation, 0) + item.size
                 if kept:
                     self.buffer.append(item)
                 else:
@@ -292,8 +286,9 @@ class TrainerWorker(Worker):
             self._dropped_tree(item)
 
     def _dropped_tree(self, item: ReceivedTree) -> None:
-        self.drops_by_producer[item.producer] = self.drops_by_producer.get(item.producer, 0) + 1
-        self.unpublished_drops.add(item.producer)
+        producer = item.sample.producer
+        self.drops_by_producer[producer] = self.drops_by_producer.get(producer, 0) + 1
+        self.unpublished_drops.add(producer)
 
     def _publish_drops(self) -> None:
         """Tell each rollout worker how many of its trees were dropped, so its throttle replaces them."""
@@ -326,9 +321,9 @@ class TrainerWorker(Worker):
             self.accounting["trained"] += len(trajectories)
             self.in_step = 0
         for item in batch:
-            if item.shard_position >= 0:
-                positions = self.data_positions
-                positions[item.producer] = max(positions.get(item.producer, 0), item.shard_position + 1)
+            producer, position = item.sample.producer, item.sample.shard_position
+            if position is not None:
+                self.data_positions[producer] = max(self.data_positions.get(producer, 0), position + 1)
         sync_s = checkpoint_s = 0.0
         if self.step % config.push_every == 0 or self.step >= config.total_steps:
             sync_s = self._push()
@@ -347,8 +342,8 @@ class TrainerWorker(Worker):
             "depth_mean": float(np.mean([len(t.segment_ids) for t in trajectories])),
             "fallbacks": float(stats.fallbacks),
             **{f"status_{name}": float(count) for name, count in sorted(stats.statuses.items())},
-            "time_generation_s": float(np.mean([b.gen_s for b in batch])),
-            "time_reward_s": float(np.mean([b.reward_s for b in batch])),
+            "time_generation_s": float(np.mean([b.sample.gen_s for b in batch])),
+            "time_reward_s": float(np.mean([b.sample.reward_s for b in batch])),
             "time_sync_s": sync_s, "time_checkpoint_s": checkpoint_s, "time_wait_s": self.wait_s, "step_s": step_s,
             "elapsed_s": now - self.started,
             "trees": _trees_by_incarnation(batch),
@@ -405,7 +400,7 @@ def _trees_by_incarnation(batch: list[ReceivedTree]) -> dict[str, list[str]]:
     """The uids (problem@epoch) of a step's trees by the process (`incarnation`) that produced them."""
     trees: dict[str, list[str]] = {}
     for item in batch:
-        trees.setdefault(item.incarnation, []).append(item.tree.uid)
+        trees.setdefault(item.sample.incarnation, []).append(item.tree.uid)
     return trees
 
 
