@@ -113,7 +113,7 @@ def check_samples(summary: dict, producers: int, per_producer: int) -> None:
     assert [stats["accounting"]["produced"] for stats in producer_stats] == [per_producer] * producers
     sent = sum(stats["samples"]["sent"] for stats in producer_stats)
     assert sent == consumer["samples"]["received"] == consumer["distinct"] == producers * per_producer
-    assert consumer["accounting"] == {"received": sent, "consumed": sent, "received_from": {
+    assert consumer["accounting"] == {"received": sent, "consumed": sent, "garbage": 0, "received_from": {
         stats["accounting"]["incarnation"]: per_producer for stats in producer_stats}}
     assert consumer["duplicates"] == 0 and consumer["wrong_answers"] == 0
     assert sum(stats["samples"]["dropped"] for stats in producer_stats) == 0

@@ -10,9 +10,7 @@ import pytest
 from test_controller_e2e import alive
 
 from zrl.config import Resources
-from zrl.controller.local import LocalScheduler
-from zrl.controller.scheduler import JobState, WorkerLaunch
-from zrl.controller.schedulers import make_scheduler
+from zrl.controller.schedulers import JobState, LocalScheduler, WorkerLaunch, make_scheduler
 
 
 def launch(tmp_path: Path, group: str, index: int, code: str, gpus: int = 0) -> WorkerLaunch:

@@ -13,23 +13,18 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from zrl.controller.scheduler import (
+from zrl.controller.schedulers import (
     JobState,
     Resources,
+    SlurmError,
     SlurmOptions,
     SlurmPlacement,
+    SlurmScheduler,
     WorkerJobStatus,
     WorkerLaunch,
 )
-from zrl.controller.slurm import (
-    SlurmError,
-    SlurmScheduler,
-    check_worker_host,
-    loopback_refusal,
-    map_slurm_state,
-    partition_nodes,
-    submit_controller,
-)
+from zrl.controller.schedulers.slurm import map_slurm_state
+from zrl.controller.submit import check_worker_host, loopback_refusal, partition_nodes, submit_controller
 
 pytestmark = pytest.mark.slurm
 

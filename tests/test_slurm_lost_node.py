@@ -13,8 +13,7 @@ import pytest
 from test_slurm import python_worker
 from two_node_cluster import TwoNodeCluster, two_node_cluster  # noqa: F401
 
-from zrl.controller.scheduler import JobState, SlurmOptions, SlurmPlacement, WorkerLaunch
-from zrl.controller.slurm import SlurmScheduler
+from zrl.controller.schedulers import JobState, SlurmOptions, SlurmPlacement, SlurmScheduler, WorkerLaunch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -40,7 +39,7 @@ def test_a_node_that_stops_answering_is_waited_for_once(two_node_cluster: TwoNod
     cluster = two_node_cluster
     n1, n2 = cluster.nodes
     monkeypatch.setenv("SLURM_CONF", cluster.slurm_conf)
-    caplog.set_level(logging.WARNING, logger="zrl.controller.slurm")
+    caplog.set_level(logging.WARNING, logger="zrl.controller.schedulers.slurm")
     run_dir = tmp_path / "runs" / "exp" / "t"
     scheduler = SlurmScheduler(SlurmOptions(partition=cluster.partition, poll_interval_s=0.1), run_dir)
     scheduler.submit([sleeper(run_dir, "far", n2), sleeper(run_dir, "near", n1), sleeper(run_dir, "other", n2)])

@@ -7,7 +7,7 @@ import pytest
 
 from zrl.config import ControllerTimeouts, WorkerGroupConfig
 from zrl.controller.observe import process_failure, reply_failure, silence_failure
-from zrl.controller.scheduler import JobState, WorkerJobStatus
+from zrl.controller.schedulers import JobState, WorkerJobStatus
 from zrl.controller.supervisor import (
     Abort,
     Failure,

@@ -111,7 +111,7 @@ def placement_refusal(config: ExperimentConfig) -> str | None:
     """Why workers placed by the cluster could not reach each other at `worker_host` (asks Slurm), or None."""
     if config.scheduler != "slurm":
         return None
-    from zrl.controller.slurm import SlurmError, check_worker_host
+    from zrl.controller.submit import SlurmError, check_worker_host
 
     try:
         check_worker_host(config.worker_host, config.slurm)
@@ -124,7 +124,7 @@ def submit_controller_job(experiment_file: str, overrides: list[str], config: Ex
     """Submit this command line (without --submit, with the resolved trial) as a Slurm job."""
     from pathlib import Path
 
-    from zrl.controller.slurm import SlurmError, submit_controller
+    from zrl.controller.submit import SlurmError, submit_controller
 
     argv = [sys.executable, "-m", "zrl.controller", str(Path(experiment_file).resolve()), *overrides,
             f"trial={config.trial}"]

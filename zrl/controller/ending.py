@@ -21,7 +21,7 @@ from zrl.controller.report import (
     sample_accounting,
     training_table,
 )
-from zrl.controller.scheduler import Scheduler
+from zrl.controller.schedulers import Scheduler
 from zrl.controller.supervisor import WorkerState
 from zrl.nameresolve import NameResolveError, NameResolver, names
 from zrl.redact import redact_plain

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from zrl.config import ControllerTimeouts
-from zrl.controller.scheduler import WorkerJobStatus
+from zrl.controller.schedulers import WorkerJobStatus
 from zrl.controller.supervisor import Failure, FailureKind, WorkerPhase, WorkerState
 from zrl.streams.control import ControlReply, ErrorInfo
 

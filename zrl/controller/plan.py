@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from zrl.config import NAME_RESOLVE_ENV, NAME_RESOLVE_PASSWORD_ENV, ExperimentConfig
 from zrl.controller.overrides import ConfigError
-from zrl.controller.scheduler import WorkerLaunch
+from zrl.controller.schedulers import WorkerLaunch
 from zrl.streams.control_key_file import CONTROL_KEY_FILE_ENV, control_key_path
 
 

@@ -21,7 +21,7 @@ from zrl.controller import ending
 from zrl.controller.observe import process_failures, record, status_failures
 from zrl.controller.plan import RunPaths, worker_launch
 from zrl.controller.progress import Progress
-from zrl.controller.scheduler import JobState, Scheduler, WorkerJobStatus
+from zrl.controller.schedulers import JobState, Scheduler, WorkerJobStatus
 from zrl.controller.supervisor import (
     Abort,
     Failure,

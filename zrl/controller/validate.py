@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
-from zrl.controller.sbatch import placement_errors
+from zrl.controller.schedulers.sbatch import placement_errors
 from zrl.hosts import unreachable_host_reason
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.streams.curve import require_curve

@@ -4,13 +4,16 @@
 
 Every sample carries its producer, the producer's process (`incarnation`) and sequence number, so a consumer counts
 distinct samples (a relaunched producer starts again from 0, and its repeats count as duplicates), what it received
-from each producer process, and checks every answer.
+from each producer process, and checks every answer. The messages: `EchoRequest` (producer -> server),
+`EchoAnswer` (server -> producer; a malformed request gets `{"error": str}` instead), `EchoSample` (producer ->
+consumer; a malformed one is counted as garbage).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from zrl.nameresolve import names
 from zrl.streams import (
@@ -22,13 +25,46 @@ from zrl.streams import (
     SampleStreamConfig,
     SocketConfig,
 )
+from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
 from zrl.workers.drills import deadlock_in_native_code
 from zrl.workers.echo_config import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
+from zrl.workers.messages import WireMessage
+
+
+@dataclass(frozen=True)
+class EchoRequest(WireMessage):
+    wire_name: ClassVar[str] = "echo request"
+    value: int
+
+
+@dataclass(frozen=True)
+class EchoAnswer(WireMessage):
+    wire_name: ClassVar[str] = "echo answer"
+    value: int
+
+
+@dataclass(frozen=True)
+class EchoSample(WireMessage):
+    wire_name: ClassVar[str] = "echo sample"
+    producer: str
+    seq: int
+    value: int
+    answer: int
+    incarnation: str = ""
+
+
+def echo_answer(payload: object) -> dict[str, Any]:
+    """The server's answer to one request: the value doubled, or the reason the request was refused."""
+    try:
+        return EchoAnswer(2 * EchoRequest.from_wire(payload).value).to_wire()
+    except WireError as exc:
+        return {"error": str(exc)}
 
 
 class EchoServer(Worker):
     config_class = EchoServerConfig
+    server: NameResolvingInferenceServer | None = None
 
     def _configure(self, config: EchoServerConfig) -> None:
         self.server = NameResolvingInferenceServer(
@@ -40,19 +76,22 @@ class EchoServer(Worker):
         requests = self.server.poll_requests(self.config.max_batch, timeout=self.config.poll_timeout_s)
         if not requests:
             return PollResult()
-        self.server.respond_many([(r, {"value": 2 * int(r.payload["value"])}) for r in requests])
+        self.server.respond_many([(r, echo_answer(r.payload)) for r in requests])
         return PollResult(sample_count=len(requests), batch_count=1)
 
     def _stats(self) -> dict[str, Any]:
-        return self.server.as_dict() if hasattr(self, "server") else {}
+        return self.server.as_dict() if self.server is not None else {}
 
     def _close(self) -> None:
-        if hasattr(self, "server"):
+        if self.server is not None:
             self.server.close()
 
 
 class EchoProducer(Worker):
     config_class = EchoProducerConfig
+    producer: NameResolvingSampleProducer | None = None
+    client: NameResolvingInferenceClient | None = None
+    next_seq = 0
 
     def _configure(self, config: EchoProducerConfig) -> None:
         experiment, trial = self.context.experiment, self.context.trial
@@ -70,13 +109,13 @@ class EchoProducer(Worker):
             self.producer.flush()
             return PollResult(done=True)
         seqs = range(self.next_seq, min(self.next_seq + config.batch_size, config.num_samples))
-        ids = self.client.post_many({"value": seq} for seq in seqs)
+        ids = self.client.post_many(EchoRequest(seq).to_wire() for seq in seqs)
         answers = self.client.wait(ids, timeout=config.request_timeout_s)
+        doubled = [_answer_value(answers[request_id]) for request_id in ids]
         # Counted before they are handed to the stream, so a consumer never reports more than was produced.
         self.next_seq = seqs[-1] + 1
-        for seq, request_id in zip(seqs, ids, strict=True):
-            self.producer.post({"producer": self.context.worker_id, "incarnation": self.incarnation, "seq": seq,
-                                "value": seq, "answer": answers[request_id]["value"]})
+        for seq, answer in zip(seqs, doubled, strict=True):
+            self.producer.post(EchoSample(self.context.worker_id, seq, seq, answer, self.incarnation).to_wire())
         self.producer.flush()
         if 0 <= config.fail_after <= self.next_seq:
             raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
@@ -87,21 +126,27 @@ class EchoProducer(Worker):
         return PollResult(sample_count=len(seqs), batch_count=1)
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "producer"):
+        if self.producer is None or self.client is None:
             return {}
-        posted = getattr(self, "next_seq", 0)
-        return {"posted": posted, "accounting": {"produced": posted, "incarnation": self.incarnation},
+        return {"posted": self.next_seq, "accounting": {"produced": self.next_seq, "incarnation": self.incarnation},
                 "samples": self.producer.as_dict(),
                 "inference": self.client.as_dict()}
 
     def _close(self) -> None:
-        if hasattr(self, "producer"):
-            self.producer.close()
-            self.client.close()
+        for stream in (self.producer, self.client):
+            if stream is not None:
+                stream.close()
+
+
+def _answer_value(payload: object) -> int:
+    if isinstance(payload, dict) and "error" in payload:
+        raise RuntimeError(f"the echo server refused a request: {payload['error']}")
+    return EchoAnswer.from_wire(payload).value
 
 
 class EchoConsumer(Worker):
     config_class = EchoConsumerConfig
+    consumer: NameResolvingSampleConsumer | None = None
 
     def _configure(self, config: EchoConsumerConfig) -> None:
         self.consumer = NameResolvingSampleConsumer(
@@ -113,32 +158,40 @@ class EchoConsumer(Worker):
         self.received_from: dict[str, int] = {}
         self.duplicates = 0
         self.wrong_answers = 0
+        self.garbage = 0
 
     def _poll(self) -> PollResult:
         samples = self.consumer.consume(self.config.max_batch, timeout=self.config.poll_timeout_s)
-        self.received += len(samples)
-        for sample in samples:
-            incarnation = str(sample.get("incarnation", ""))
-            self.received_from[incarnation] = self.received_from.get(incarnation, 0) + 1
-            key = (str(sample["producer"]), int(sample["seq"]))
+        for payload in samples:
+            try:
+                sample = EchoSample.from_wire(payload)
+            except WireError as exc:
+                self.garbage += 1
+                if self.garbage == 1:
+                    self.logger.warning("dropping a malformed sample (further ones are only counted): %s", exc)
+                continue
+            self.received += 1
+            self.received_from[sample.incarnation] = self.received_from.get(sample.incarnation, 0) + 1
+            key = (sample.producer, sample.seq)
             if key in self.seen:
                 self.duplicates += 1
                 continue
             self.seen.add(key)
-            if sample["answer"] != 2 * sample["value"]:
+            if sample.answer != 2 * sample.value:
                 self.wrong_answers += 1
         done = len(self.seen) >= self.config.expected_samples
         return PollResult(sample_count=len(samples), batch_count=1 if samples else 0, done=done)
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "consumer"):
+        if self.consumer is None:
             return {}
         # Every sample taken is checked (a repeat is counted as a duplicate): all are consumed, none is buffered.
         return {"distinct": len(self.seen), "duplicates": self.duplicates, "wrong_answers": self.wrong_answers,
-                "accounting": {"received": self.received, "consumed": self.received,
+                "garbage": self.garbage,
+                "accounting": {"received": self.received, "consumed": self.received, "garbage": self.garbage,
                                "received_from": dict(self.received_from)},
                 "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:
-        if hasattr(self, "consumer"):
+        if self.consumer is not None:
             self.consumer.close()

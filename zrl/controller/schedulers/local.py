@@ -19,7 +19,7 @@ import sys
 import time
 
 from zrl.config import PARENT_PID_ENV
-from zrl.controller.scheduler import JobState, Scheduler, WorkerJobStatus, WorkerLaunch
+from zrl.controller.schedulers.base import JobState, Scheduler, WorkerJobStatus, WorkerLaunch
 
 
 def visible_gpus() -> list[str]:

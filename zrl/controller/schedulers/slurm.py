@@ -2,46 +2,33 @@
 
 State comes from `squeue -t all` (job state and reason), from the per-worker exit files the job script writes,
 and, for a job that ended without them, from `scontrol show job` (ExitCode). `sacct` is not used, so clusters
-without accounting work too.
+without accounting work too. The Slurm client calls themselves are in `slurm_commands.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zrl.controller.plan import make_private_dir
-from zrl.controller.sbatch import (
+from zrl.controller.schedulers.base import JobState, Scheduler, SlurmOptions, WorkerJobStatus, WorkerLaunch
+from zrl.controller.schedulers.sbatch import (
     exit_file,
     job_name,
-    render_controller_script,
     render_script,
     step_name,
     stop_file,
     validate_launches,
     validate_options,
 )
-from zrl.controller.scheduler import (
-    JobState,
-    Resources,
-    Scheduler,
-    SlurmOptions,
-    WorkerJobStatus,
-    WorkerLaunch,
-)
-from zrl.hosts import is_loopback
+from zrl.controller.schedulers.slurm_commands import SlurmError, run, sbatch, write_private
 from zrl.redact import redact_text
 
 log = logging.getLogger(__name__)
 
-_COMMAND_TIMEOUT_S = 60.0
 # How long a submitted job may be missing from squeue before it counts as vanished.
 _LIST_GRACE_S = 60.0
 _GONE_ERRORS = ("Invalid job id", "already completing or completed")
@@ -63,10 +50,6 @@ _STATE_MAP = {
 }
 # Slurm states in which processes of the job may still be alive.
 _LIVE_SLURM_STATES = {"COMPLETING", "SIGNALING", "STAGE_OUT"}
-
-
-class SlurmError(RuntimeError):
-    """A Slurm command is missing, failed or did not answer."""
 
 
 def map_slurm_state(state: str) -> JobState:
@@ -173,8 +156,8 @@ class SlurmScheduler(Scheduler):
             (self.cwd / launch.log_path).parent.mkdir(parents=True, exist_ok=True)
         for members, name, script in rendered:
             script_path = self.state_dir / f"{name}.sbatch"
-            _write_private(script_path, script)
-            job_id = _sbatch(script_path)
+            write_private(script_path, script)
+            job_id = sbatch(script_path)
             job = _Job(job_id, name, {launch.worker_id: launch for launch in members})
             self._jobs[job_id] = job
             for launch in members:
@@ -195,7 +178,7 @@ class SlurmScheduler(Scheduler):
         if not pending:
             return
         try:
-            output = _run(["squeue", "-h", "-t", "all", "-j", ",".join(job.job_id for job in pending),
+            output = run(["squeue", "-h", "-t", "all", "-j", ",".join(job.job_id for job in pending),
                            "-o", "%i|%T|%N|%r"], "poll", ok_errors=("Invalid job id",))
         except SlurmError as error:
             if isinstance(error.__cause__, FileNotFoundError):
@@ -318,7 +301,7 @@ class SlurmScheduler(Scheduler):
 
     def _steps(self, job: _Job) -> dict[str, tuple[str, str]]:
         """The job's steps squeue lists: step name -> (step id, node list)."""
-        output = _run(["squeue", "-h", "-s", "-j", job.job_id, "-o", "%i|%N|%j"], "stop",
+        output = run(["squeue", "-h", "-s", "-j", job.job_id, "-o", "%i|%N|%j"], "stop",
                       ok_errors=("Invalid job id",))
         steps: dict[str, tuple[str, str]] = {}
         for line in output.splitlines():
@@ -332,7 +315,7 @@ class SlurmScheduler(Scheduler):
         """Host names of a Slurm node list such as n[1-3] (scontrol show hostnames)."""
         if nodelist not in self._hostnames:
             try:
-                self._hostnames[nodelist] = set(_run(["scontrol", "show", "hostnames", nodelist],
+                self._hostnames[nodelist] = set(run(["scontrol", "show", "hostnames", nodelist],
                                                      "expand a node list").split())
             except SlurmError as error:
                 log.warning("%s", error)
@@ -414,7 +397,7 @@ class SlurmScheduler(Scheduler):
             # A node that stopped answering acts on no signal; its jobs get SIGKILL below and are not waited for.
             reachable = [job for job in whole_jobs if not self._on_lost_node(job)]
             if reachable:
-                _run(["scancel", *(job.job_id for job in reachable)], "stop", ok_errors=_GONE_ERRORS)
+                run(["scancel", *(job.job_id for job in reachable)], "stop", ok_errors=_GONE_ERRORS)
             left_jobs, left = self._wait_stopped(reachable, partial, cancelled, timeout, kill=False)
             if not left_jobs and not left and len(reachable) == len(whole_jobs):
                 return
@@ -422,7 +405,7 @@ class SlurmScheduler(Scheduler):
                 log.warning("Slurm jobs %s / steps %s still alive %.0f s after scancel; sending SIGKILL",
                             [job.job_id for job in left_jobs], sorted(cancelled), timeout)
         if whole_jobs:
-            _run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
+            run(["scancel", "--signal=KILL", "--full", *(job.job_id for job in whole_jobs)], "stop",
                  ok_errors=_GONE_ERRORS)
         cancelled.clear()
         # Slurm shows a job it is killing as RUNNING or COMPLETING for a while, even when no grace was asked for.
@@ -441,7 +424,7 @@ class SlurmScheduler(Scheduler):
             try:
                 step = self._steps(worker.job).get(step_name(worker.launch), ("", ""))[0]
                 if step:
-                    _run(["scancel", "--signal=USR1", step], "signal", ok_errors=_GONE_ERRORS)
+                    run(["scancel", "--signal=USR1", step], "signal", ok_errors=_GONE_ERRORS)
             except SlurmError as error:
                 log.warning("cannot ask worker %s for its stacks: %s", worker_id, error)
 
@@ -462,101 +445,17 @@ class SlurmScheduler(Scheduler):
                 new = [by_name[step_name(worker.launch)] for worker in running if worker.job is job
                        and by_name.get(step_name(worker.launch), "") not in cancelled | {""}]
                 if new:
-                    _run(["scancel", *(["--signal=KILL"] if kill else []), *new], "stop", ok_errors=_GONE_ERRORS)
+                    run(["scancel", *(["--signal=KILL"] if kill else []), *new], "stop", ok_errors=_GONE_ERRORS)
                     cancelled.update(new)
             if (not left_jobs and not left) or time.monotonic() >= deadline:
                 return left_jobs, left
             time.sleep(0.2)
 
 
-def loopback_refusal(worker_host: str, partition: str, nodes: list[str]) -> str | None:
-    """Why `worker_host` cannot work on a partition of `nodes`, or None: a loopback address serves one node only."""
-    if not is_loopback(worker_host) or len(nodes) <= 1:
-        return None
-    shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
-    return (f"worker_host={worker_host} is a loopback address, but Slurm partition {partition or '(the default)'} "
-            f"has {len(nodes)} nodes ({shown}): workers placed on different nodes could not reach each other; set "
-            "worker_host=auto (each node's own address) or an address that every node reaches")
-
-
-def partition_nodes(partition: str) -> list[str]:
-    """Names of the nodes of `partition` (empty: the cluster's default partition), as sinfo lists them."""
-    nodes = set()
-    for line in _run(["sinfo", "-h", "-N", "-o", "%N|%P"], "list the nodes").splitlines():
-        node, _, listed = line.partition("|")
-        listed = listed.strip()
-        if listed.rstrip("*") == partition if partition else listed.endswith("*"):
-            nodes.add(node.strip())
-    return sorted(nodes)
-
-
-def check_worker_host(worker_host: str, options: SlurmOptions) -> None:
-    """Raise SlurmError when workers on `options.partition` could not reach each other at `worker_host`."""
-    if is_loopback(worker_host):
-        refusal = loopback_refusal(worker_host, options.partition, partition_nodes(options.partition))
-        if refusal is not None:
-            raise SlurmError(refusal)
-
-
-def submit_controller(argv: list[str], options: SlurmOptions, run_dir: Path, *, cwd: Path | None = None,
-                      resources: Resources | None = None) -> tuple[str, Path]:
-    """Submit a job that runs the controller command `argv`; returns the job id and the controller's log file."""
-    cwd = (cwd or Path.cwd()).resolve()
-    run_dir = (cwd / run_dir).resolve()
-    name = job_name(run_dir, "controller")
-    script = render_controller_script(argv, options, name=name, output=run_dir / "controller-%j.log", cwd=cwd,
-                                      resources=resources or Resources())
-    make_private_dir(run_dir)
-    script_path = run_dir / f"{name}.sbatch"
-    _write_private(script_path, script)
-    job_id = _sbatch(script_path)
-    return job_id, run_dir / f"controller-{job_id}.log"
-
-
 def _show_job(job_id: str) -> str:
     """`scontrol show job -o` of one job, or '' (with a warning) when scontrol fails."""
     try:
-        return _run(["scontrol", "show", "job", "-o", job_id], "poll")
+        return run(["scontrol", "show", "job", "-o", job_id], "poll")
     except SlurmError as error:
         log.warning("%s", error)
         return ""
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a job script readable by its owner only: it holds the workers' environment (URLs with passwords)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
-
-
-def _sbatch(script_path: Path) -> str:
-    output = _run(["sbatch", "--parsable", str(script_path)], "submit")
-    job_id = output.strip().split(";")[0]
-    if not job_id.isdigit():
-        raise SlurmError(f"sbatch --parsable {script_path} printed {output.strip()!r}, not a job id")
-    return job_id
-
-
-def _run(argv: list[str], purpose: str, ok_errors: tuple[str, ...] = ()) -> str:
-    """Run a Slurm client command and return its stdout; errors whose stderr holds one of `ok_errors` are ''."""
-    if shutil.which(argv[0]) is None:
-        error = FileNotFoundError(argv[0])
-        raise SlurmError(
-            f"'{argv[0]}' is not on PATH ({os.environ.get('PATH', '')}), so the slurm scheduler cannot {purpose}: "
-            "install the Slurm client tools (Debian/Ubuntu: apt-get install slurm-client) or add their directory "
-            "to PATH; for a single-node test cluster run `scripts/slurm-dev-cluster.sh up` as root and export the "
-            "SLURM_CONF it prints") from error
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as error:
-        raise SlurmError(f"`{' '.join(argv)}` did not answer within {_COMMAND_TIMEOUT_S:.0f} s; is slurmctld up "
-                         f"(SLURM_CONF={os.environ.get('SLURM_CONF', '<unset>')})?") from error
-    if result.returncode != 0:
-        if any(text in result.stderr for text in ok_errors):
-            return result.stdout
-        hint = ("; the Slurm client finds no cluster: export SLURM_CONF=/path/to/slurm.conf (for the single-node "
-                "test cluster, the line `scripts/slurm-dev-cluster.sh up` prints)"
-                if "configuration source" in result.stderr else "")
-        raise SlurmError(f"`{' '.join(argv)}` failed with exit code {result.returncode}: {result.stderr.strip()}{hint}")
-    return result.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zrl.config import SlurmOptions
-from zrl.controller.scheduler import Scheduler
+from zrl.controller.schedulers.base import Scheduler
 
 SCHEDULERS = ("local", "slurm")
 
@@ -13,9 +13,9 @@ SCHEDULERS = ("local", "slurm")
 def make_scheduler(name: str, run_dir: Path, slurm: SlurmOptions | None = None) -> Scheduler:
     """Build the `local` or `slurm` scheduler for a run whose files live in `run_dir`."""
     if name == "local":
-        from zrl.controller.local import LocalScheduler
+        from zrl.controller.schedulers.local import LocalScheduler
         return LocalScheduler()
     if name == "slurm":
-        from zrl.controller.slurm import SlurmScheduler
+        from zrl.controller.schedulers.slurm import SlurmScheduler
         return SlurmScheduler(slurm or SlurmOptions(), run_dir)
     raise ValueError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")

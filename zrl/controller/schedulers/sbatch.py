@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from zrl.controller.scheduler import Resources, SlurmOptions, SlurmPlacement, WorkerLaunch
+from zrl.controller.schedulers.base import Resources, SlurmOptions, SlurmPlacement, WorkerLaunch
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
