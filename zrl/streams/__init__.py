@@ -6,6 +6,7 @@ as arguments; nothing is global.
 
 from __future__ import annotations
 
+from zrl.streams.counters import StreamCounters
 from zrl.streams.inference import InferenceStreamConfig, Request
 from zrl.streams.inference_base import InferenceClientBase
 from zrl.streams.inference_client import InferenceClient, IpInferenceClient, NameResolvingInferenceClient
@@ -20,7 +21,7 @@ from zrl.streams.sample_producer import (
     RoundRobinSampleProducer,
     SampleProducer,
 )
-from zrl.streams.sockets import SocketConfig, StreamCounters
+from zrl.streams.sockets import SocketConfig
 
 __all__ = [
     "BroadcastSampleProducer",

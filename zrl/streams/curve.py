@@ -27,7 +27,7 @@ from zrl.streams.control_auth import ControlKey
 from zrl.streams.curve_guard import guard_of
 
 if TYPE_CHECKING:
-    from zrl.streams.sockets import StreamCounters
+    from zrl.streams.counters import StreamCounters
 
 @dataclass(frozen=True, repr=False)
 class CurveKeys:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from zrl.streams.sockets import StreamCounters
+from zrl.streams.counters import StreamCounters
 
 
 class InferenceClientBase(abc.ABC):

@@ -16,13 +16,13 @@ import zmq
 
 from zrl import wire
 from zrl.nameresolve import NameResolver, SubtreeView
+from zrl.streams.counters import StreamCounters
 from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, parse_batch
 from zrl.streams.inference_base import InferenceClientBase
 from zrl.streams.inference_link import ServerLink
 from zrl.streams.sockets import (
-    StreamCounters,
     has_message,
     oversized,
     receive_frames,

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from zrl.streams.counters import StreamCounters
 from zrl.streams.inference_base import InferenceClientBase
-from zrl.streams.sockets import StreamCounters
 
 logger = logging.getLogger(__name__)
 

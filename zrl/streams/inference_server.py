@@ -11,13 +11,13 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.counters import StreamCounters
 from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.inference import REQUEST_TAG, RESPONSE_TAG, InferenceStreamConfig, Request, parse_batch
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sockets import (
     BoundEndpoint,
-    StreamCounters,
     bind_socket,
     oversized,
     receive_batch,

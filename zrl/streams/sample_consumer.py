@@ -9,10 +9,11 @@ from typing import Any
 import zmq
 
 from zrl import wire
+from zrl.streams.counters import StreamCounters
 from zrl.streams.curve import CurveKeys
 from zrl.streams.registration import RegisteredMixin
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig
-from zrl.streams.sockets import BoundEndpoint, StreamCounters, bind_socket, oversized, receive_batch
+from zrl.streams.sockets import BoundEndpoint, bind_socket, oversized, receive_batch
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ import zmq
 
 from zrl import wire
 from zrl.nameresolve import NameResolver, SubtreeView
+from zrl.streams.counters import StreamCounters
 from zrl.streams.curve import CurveKeys
 from zrl.streams.encoding import encode_batch, refused_error
 from zrl.streams.sample import SAMPLE_TAG, SampleStreamConfig, StreamFullError, approx_nbytes
-from zrl.streams.sockets import StreamCounters, connect_socket, send_frames
+from zrl.streams.sockets import connect_socket, send_frames
 
 logger = logging.getLogger(__name__)
 
