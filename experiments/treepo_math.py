@@ -8,13 +8,15 @@
 
 from zrl.config import ControllerTimeouts, ExperimentConfig, Resources, WorkerGroupConfig
 from zrl.rl.advantage import AdvantageConfig
+from zrl.rl.staleness import StalenessRule
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
 # About 9 minutes on a 2-core CPU: as long as the learning benchmark gives the peer (docs/benchmarks.md).
 TOTAL_STEPS = 2000
-PROMPTS_PER_STEP = 8
-MAX_STALENESS = 2
+# The trainer and the rollout workers share one staleness rule; the aliases prompts_per_step= and max_staleness=
+# set it in both.
+STALENESS = StalenessRule(max_staleness=2, prompts_per_step=8)
 # A cosine decay to a tenth at the last step, from a higher peak: the curve climbs faster early and steadies late.
 LEARNING_RATE = 8e-5
 LR_DECAY = "cosine"
@@ -87,8 +89,7 @@ def experiment() -> ExperimentConfig:
                                         resources=Resources(cpus=1, memory_mb=4096)),
             "trainer": WorkerGroupConfig(
                 type="trainer", resources=Resources(cpus=1, memory_mb=4096),
-                config=TrainerConfig(total_steps=TOTAL_STEPS, prompts_per_step=PROMPTS_PER_STEP,
-                                     max_staleness=MAX_STALENESS, lr=LEARNING_RATE, lr_decay=LR_DECAY,
+                config=TrainerConfig(total_steps=TOTAL_STEPS, **vars(STALENESS), lr=LEARNING_RATE, lr_decay=LR_DECAY,
                                      micro_batch_tokens=MICRO_BATCH_TOKENS,
                                      advantage=AdvantageConfig(credit="trajectory", scale="tree"))),
             "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=EVAL_EVERY),
@@ -96,6 +97,6 @@ def experiment() -> ExperimentConfig:
             "rollout": WorkerGroupConfig(
                 type="rollout", after=("policy", "trainer", "evaluator"), resources=Resources(cpus=1, memory_mb=2048),
                 config=RolloutConfig(tree=TreeSamplerConfig(width=8, segment_len=16, max_depth=4, mode=SAMPLING_MODE),
-                                     prompts_per_step=PROMPTS_PER_STEP, max_staleness=MAX_STALENESS)),
+                                     **vars(STALENESS))),
         },
     )

@@ -10,6 +10,7 @@ import pytest
 
 from zrl.config import ExperimentConfig
 from zrl.controller.__main__ import resolve_config
+from zrl.controller.overrides import ConfigError
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.py"))
 
@@ -59,3 +60,14 @@ def test_the_treepo_experiment_evaluates_on_validation_and_seeds_a_run_by_one_ke
     assert config.workers["rollout"].config.shuffle_seed == 3
     with pytest.raises(Exception, match="heldout.split"):
         resolve_config(str(treepo), ["heldout.split=test"])
+
+
+def test_the_trainer_and_the_rollout_workers_cannot_disagree_on_staleness():
+    treepo = next(path for path in EXPERIMENTS if path.name == "treepo_math.py")
+    config = resolve_config(str(treepo), ["max_staleness=4", "prompts_per_step=3"])  # one key sets both groups
+    assert config.workers["trainer"].config.staleness == config.workers["rollout"].config.staleness
+    assert (config.workers["trainer"].config.max_staleness, config.workers["rollout"].config.prompts_per_step) == (4, 3)
+    with pytest.raises(ConfigError) as info:
+        resolve_config(str(treepo), ["workers.rollout.config.max_staleness=1"])
+    assert info.value.errors == ["workers.trainer.config.max_staleness (2) and workers.rollout.config.max_staleness "
+                                 "(1) must be equal"]

@@ -55,14 +55,14 @@ def test_a_trainer_continues_from_the_checkpoint_of_the_one_before(start_trainer
     assert first.resumed_from is None and first.step == first.version == 0  # a fresh trial
     step_without_data(first)
     step_without_data(first)
-    first.accounting.update(received=40, trained=16, dropped_stale=8)
+    first.accounting = replace(first.accounting, received=40, trained=16, dropped_stale=8)
     first.buffer.extend([SimpleNamespace(size=8), SimpleNamespace(size=8)])
     first._save_checkpoint()
     saved = next(first.model.parameters()).detach().clone()
     # It goes on past the checkpoint: one more step (the last: version 3 is tagged final), 16 more trajectories
     # received, a tree of rollout/0 dropped; then it stops.
     step_without_data(first)
-    first.accounting["received"] = 56
+    first.accounting.received = 56
     first.checkpoints.joinpath("received.json").write_text(json.dumps({"received": 56, "garbage": 1}))
     drops = names.sample_drops("exp", "t1", "trees", "rollout/0")
     resolver.add(drops, "1", replace=True)
@@ -77,10 +77,10 @@ def test_a_trainer_continues_from_the_checkpoint_of_the_one_before(start_trainer
     assert torch.equal(paramdb.get("policy", 4)[next(iter(second.model.state_dict()))], saved)
     assert paramdb.tags("policy") == {}  # version 3 is no longer the end of the run
     # The 16 trajectories in the checkpoint's buffer and the 16 received after it were never trained.
-    assert second.accounting == {"received": 56, "trained": 16, "dropped_stale": 8, "dropped_dynamic": 0,
-                                 "garbage": 1, "lost": 32}
+    assert second.accounting.as_dict() == {"received": 56, "trained": 16, "dropped_stale": 8, "dropped_dynamic": 0,
+                                           "garbage": 1, "lost": 32}
     stats = second._stats()["accounting"]
-    assert stats["restored"] == {**second.accounting, "buffered": 0} and stats["buffered"] == 0
+    assert stats["restored"] == {**second.accounting.as_dict(), "buffered": 0} and stats["buffered"] == 0
     assert resolver.find_subtree(names.sample_drops_root("exp", "t1", "trees")) == []
     assert resolver.get(names.sample_stream_reset("exp", "t1", "trees")) == "4"
     records = [json.loads(line) for line in (tmp_path / "runs/exp/t1/metrics.jsonl").read_text().splitlines()]
@@ -113,7 +113,7 @@ def test_a_status_served_while_a_step_pushes_counts_its_batch_once(start_trainer
     worker.config = replace(worker.config, prompts_per_step=2)
     for index in range(3):
         worker.buffer.append(received_tree(f"p{index}"))
-    worker.accounting["received"] = 6
+    worker.accounting.received = 6
     seen = []
     push = worker._push
 

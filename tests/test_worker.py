@@ -176,3 +176,9 @@ def test_bad_config_is_an_error_naming_the_key(running):
     assert "steps" in reply.error.message
     # A bad request does not stop the worker from serving.
     assert running.ask("status").ok
+
+
+def test_a_configure_without_a_config_is_refused_naming_what_it_takes(running):
+    reply = running.ask("configure", {"conf": {}})
+    assert not reply.ok and "configure takes a payload {'config'" in reply.error.message
+    assert running.ask("status").ok

@@ -16,6 +16,7 @@ from zrl.hosts import unreachable_host_reason
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
 from zrl.streams.curve import require_curve
 from zrl.workers.registry import UnknownWorkerTypeError, config_class
+from zrl.workers.treepo_config import staleness_disagreements
 
 
 def complete(config: ExperimentConfig, clock: Callable[[], float] = time.time,
@@ -75,6 +76,7 @@ def validate(config: ExperimentConfig) -> None:
         errors.append("workers: an experiment needs at least one worker group")
     for name in config.workers:
         errors += _group_errors(config, name)
+    errors += staleness_disagreements(config.workers)
     for i, group_name in enumerate(config.done_when):
         if group_name not in config.workers:
             errors.append(f"done_when[{i}]: {group_name!r} is not a worker group; groups: "

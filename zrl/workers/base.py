@@ -235,8 +235,10 @@ class Worker:
     def _configure_request(self, request: ControlRequest) -> dict[str, Any]:
         if self._status not in (WorkerStatus.READY,) or self._started_at is not None:
             raise CommandRejected(f"configure is only allowed before start; worker is {self._status.value}")
-        config = from_plain(self.config_class, request.payload.get("config") or {},
-                            f"workers.{self.context.group}.config")
+        payload = request.payload
+        if not isinstance(payload, dict) or "config" not in payload:
+            raise CommandRejected("configure takes a payload {'config': the worker config as plain values}")
+        config = from_plain(self.config_class, payload["config"] or {}, f"workers.{self.context.group}.config")
         self._configure(config)
         self.config = config
         self.logger.info("configured: %s", config)

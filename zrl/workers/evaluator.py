@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zrl.paramdb import ParamDBError, VersionNotFoundError
+from zrl.engines.base import Engine
+from zrl.paramdb import ParamDB, ParamDBError, VersionNotFoundError
 from zrl.rl.evaluation import greedy_score
 from zrl.rl.verifier import Verifier, VerifierConfig
 from zrl.workers.base import PollResult, Worker
@@ -32,6 +33,10 @@ IDLE_WAIT_S = 0.2
 
 class EvaluatorWorker(Worker):
     config_class = EvaluatorConfig
+    engine: Engine | None = None
+    verifier: Verifier | None = None
+    metrics: MetricsLog | None = None
+    paramdb: ParamDB | None = None
 
     def _configure(self, config: EvaluatorConfig) -> None:
         from zrl.engines.factory import make_engine
@@ -97,13 +102,13 @@ class EvaluatorWorker(Worker):
                          len(self.problems), seconds)
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "evaluated"):
+        if self.config is None:
             return {}
         return {"headline": self.headline, "evaluated": {str(v): a for v, a in sorted(self.evaluated.items())}}
 
     def _close(self) -> None:
-        if hasattr(self, "engine"):
-            self.engine.close()
-            self.verifier.close()
-            self.metrics.close()
+        for resource in (self.engine, self.verifier, self.metrics):
+            if resource is not None:
+                resource.close()
+        if self.paramdb is not None and self.config is not None:
             self.paramdb.unpin(self.config.model.name, self.pin_holder)

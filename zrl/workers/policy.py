@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zrl.engines.base import GenerationRequest
+from zrl.engines.base import Engine, GenerationRequest
 from zrl.nameresolve import names
-from zrl.paramdb import ParamDBError, VersionNotFoundError
+from zrl.paramdb import ParamDB, ParamDBError, VersionNotFoundError
 from zrl.streams import InferenceStreamConfig, NameResolvingInferenceServer, Request, SocketConfig
 from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
@@ -33,6 +33,9 @@ LOAD_ATTEMPTS = 3
 
 class PolicyWorker(Worker):
     config_class = PolicyConfig
+    paramdb: ParamDB | None = None
+    engine: Engine | None = None
+    server: NameResolvingInferenceServer | None = None
 
     def _configure(self, config: PolicyConfig) -> None:
         from zrl.engines.factory import make_engine
@@ -156,16 +159,16 @@ class PolicyWorker(Worker):
         self.logger.info("serving version %d (loaded in %.3f s)", version, time.perf_counter() - started)
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "server"):
+        if self.config is None:
             return {}
         return {**self.counts, "version": self.engine.version, "first_version_served": self.first_version_served,
                 "generate_s": round(self.generate_s, 3),
                 "reload_s": round(self.reload_s, 3), "stream": self.server.as_dict()}
 
     def _close(self) -> None:
-        if hasattr(self, "server"):
+        if self.server is not None:
             self.server.close()
-        if hasattr(self, "engine"):
+        if self.engine is not None:
             self.engine.close()
-        if hasattr(self, "paramdb"):
+        if self.paramdb is not None:
             self.paramdb.unpin(self.model_name, self.pin_holder)

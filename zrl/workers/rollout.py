@@ -23,7 +23,6 @@ The requests, answers and samples it exchanges are the messages of `zrl.workers.
 from __future__ import annotations
 
 import json
-import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -67,6 +66,10 @@ def load_tokenizer_and_eos(path: Any) -> tuple[Any, list[int]]:
 
 class RolloutWorker(Worker):
     config_class = RolloutConfig
+    client: NameResolvingInferenceClient | None = None
+    producer: NameResolvingSampleProducer | None = None
+    verifier: Verifier | None = None
+    scoring: ThreadPoolExecutor | None = None
 
     def _configure(self, config: RolloutConfig) -> None:
         experiment, trial = self.context.experiment, self.context.trial
@@ -154,16 +157,13 @@ class RolloutWorker(Worker):
             self.logger.debug("cannot read %s: %s", self.drops_key, exc)
             return self.trees_dropped
 
-    def _tree_budget(self) -> int:
-        config = self.config
-        wanted = (self.trainer_version - self.base_version + config.max_staleness + 1) * config.prompts_per_step
-        return math.ceil(wanted / self.context.group_size)
-
     def _start_trees(self) -> int:
         in_progress = self.sampler.in_progress + len(self.scored)
-        # Trees the trainer dropped (stale, or uniform under dynamic sampling) do not count: they are replaced.
-        useful = (self.counts["trees_posted"] - self.posted_at_base) - (self.trees_dropped - self.dropped_at_base)
-        room = min(self.config.trees_in_flight - in_progress, self._tree_budget() - useful - in_progress)
+        allowed = self.config.staleness.trees_to_start(
+            self.trainer_version - self.base_version, self.context.group_size,
+            posted=self.counts["trees_posted"] - self.posted_at_base,
+            dropped=self.trees_dropped - self.dropped_at_base, in_progress=in_progress)
+        room = min(self.config.trees_in_flight - in_progress, allowed)
         if room <= 0:
             if in_progress < self.config.trees_in_flight:
                 self.counts["throttled_polls"] += 1
@@ -279,7 +279,7 @@ class RolloutWorker(Worker):
                                              "run": self.run_id, **{k: self.counts[k] for k in RESTORED_COUNTS}})
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "producer"):
+        if self.config is None:
             return {}
         return {**self.counts, "trees_dropped_by_trainer": self.trees_dropped, "trainer_version": self.trainer_version,
                 "shard_position": self.cursor.position, "trees_in_progress": self.sampler.in_progress,
@@ -289,11 +289,13 @@ class RolloutWorker(Worker):
                 "samples": self.producer.as_dict(), "inference": self.client.as_dict()}
 
     def _close(self) -> None:
-        if hasattr(self, "scoring"):
+        if self.scoring is not None:
             self.scoring.shutdown(wait=False, cancel_futures=True)
+        if self.verifier is not None:
             self.verifier.close()
-            self.producer.close()
-            self.client.close()
+        for stream in (self.producer, self.client):
+            if stream is not None:
+                stream.close()
 
 
 def _generation_result(request_id: str, payload: Any) -> GenerationResult:

@@ -27,6 +27,7 @@ stream and announces the reset (`names.sample_stream_reset`), so the rollout wor
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 import time
@@ -40,6 +41,7 @@ from zrl.engines.hf import model_eos_token_ids
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.rl.advantage import dynamic_sampling
 from zrl.rl.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
+from zrl.rl.sample_accounting import SampleAccounting
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
 from zrl.rl.tree import merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
@@ -78,8 +80,20 @@ class ReceivedTree:
         return len(self.tree.trajectories)
 
 
+class TrainerRole(enum.Enum):
+    LEADER = "leader"
+    """The only trainer, or rank 0 of a group: consumes the samples, counts them, pushes weights, writes metrics."""
+    FOLLOWER = "follower"
+    """Rank > 0 of a group: steps on the batches the leader sends."""
+
+
 class TrainerWorker(Worker):
     config_class = TrainerConfig
+    role: TrainerRole | None = None
+    """None until `_configure` is done: a status reply then carries no counters."""
+    group: TrainerGroup | None = None
+    consumer: NameResolvingSampleConsumer | None = None
+    metrics: MetricsLog | None = None
 
     def _configure(self, config: TrainerConfig) -> None:
         import torch
@@ -108,12 +122,12 @@ class TrainerWorker(Worker):
             if progress is not None:
                 self.step = self.resumed_from = progress.step
                 self.version = progress.version
-            return  # a follower: rank 0 chooses the batches, counts the samples, pushes and writes metrics
+            self.role = TrainerRole.FOLLOWER  # rank 0 chooses the batches, counts the samples, pushes, writes metrics
+            return
         self.paramdb = open_paramdb(config.model, self.context, self.name_resolver)
         self.metrics = MetricsLog(run_dir(self.context), self.context.worker_id.replace("/", "-"))
         self.buffer: deque[ReceivedTree] = deque()
-        self.accounting = {"received": 0, "trained": 0, "dropped_stale": 0, "dropped_dynamic": 0, "garbage": 0,
-                           "lost": 0}
+        self.accounting = SampleAccounting()
         self.data_positions: dict[str, int] = {}
         self.restored: dict[str, int] = {}
         """The counters as this trainer took them over (reported under `accounting.restored`)."""
@@ -128,12 +142,12 @@ class TrainerWorker(Worker):
         self.received_from: dict[str, int] = {}
         """Trajectories received from each producer process (for the sample accounting)."""
         self.unpublished_drops: set[str] = set()
-        # Set last: a status reply counts samples once the consumer exists (see `_stats`).
         self.consumer = NameResolvingSampleConsumer(
             self.name_resolver, names.sample_stream(self.context.experiment, self.context.trial, config.sample_stream),
             SampleStreamConfig(sockets=SocketConfig(bind_host=self.context.host)), name=config.sample_stream,
             curve=self.context.curve)
         self._take_over(config, progress)
+        self.role = TrainerRole.LEADER
 
     def _take_over(self, config: TrainerConfig, progress: TrainingProgress | None) -> None:
         """Continue from the newest checkpoint, or from step 0 if a trainer ran before this one without saving any."""
@@ -144,15 +158,11 @@ class TrainerWorker(Worker):
             return  # a fresh trial
         progress = progress or TrainingProgress(0, 0)
         self.step = self.resumed_from = progress.step
-        accounting = {**self.accounting, **progress.accounting}
-        buffered = accounting.pop("buffered", 0)
-        received = max(received or 0, accounting["received"])
-        lost = buffered + received - accounting["received"]
-        accounting.update(received=received, garbage=max(garbage, accounting["garbage"]),
-                          lost=accounting["lost"] + lost)
+        accounting, lost = SampleAccounting.from_dict(progress.accounting).taken_over(
+            progress.accounting.get("buffered", 0), received, garbage)
         with self.counting:
             self.accounting = accounting
-            self.restored = {**accounting, "buffered": 0}
+            self.restored = {**accounting.as_dict(), "buffered": 0}
         self.data_positions = dict(progress.data_positions)
         self.version = progress.version
         if self.step < config.total_steps:
@@ -200,13 +210,8 @@ class TrainerWorker(Worker):
         group.broadcast_parameters(self.model)
         return group
 
-    @property
-    def leads(self) -> bool:
-        """This trainer consumes the samples, pushes weights and writes metrics (the only one, or rank 0)."""
-        return self.group is None or self.group.rank == 0
-
     def _poll(self) -> PollResult:
-        if not self.leads:
+        if self.role is TrainerRole.FOLLOWER:
             return self._follow()
         config = self.config
         if self.step >= config.total_steps:
@@ -252,35 +257,36 @@ class TrainerWorker(Worker):
             try:
                 item = ReceivedTree(TreeSample.from_wire(sample))
             except WireError as exc:
-                self.accounting["garbage"] += 1
-                if self.accounting["garbage"] == 1:
+                self.accounting.garbage += 1
+                if self.accounting.garbage == 1:
                     self.logger.warning("dropping a malformed sample (further ones are only counted): %s", exc)
                 continue
             kept = not self.config.advantage.dynamic_sampling or dynamic_sampling(item.tree.trajectories).kept
             with self.counting:
-                self.accounting["received"] += item.size
+                self.accounting.received += item.size
                 incarnation = item.sample.incarnation
                 self.received_from[incarnation] = self.received_from.get(incarnation, 0) + item.size
                 if kept:
                     self.buffer.append(item)
                 else:
-                    self.accounting["dropped_dynamic"] += item.size
+                    self.accounting.dropped_dynamic += item.size
             if not kept:
                 self._dropped_tree(item)
         if samples:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.checkpoints / RECEIVED_FILE, {key: self.accounting[key]
-                                                                 for key in ("received", "garbage")})
+            write_json_atomic(self.checkpoints / RECEIVED_FILE, {"received": self.accounting.received,
+                                                                 "garbage": self.accounting.garbage})
 
     def _drop_stale(self) -> None:
         fresh: deque[ReceivedTree] = deque()
         stale: list[ReceivedTree] = []
+        rule = self.config.staleness
         for item in self.buffer:
-            (fresh if self.version - item.oldest_version <= self.config.max_staleness else stale).append(item)
+            (stale if rule.is_stale(self.version, item.oldest_version) else fresh).append(item)
         if not stale:
             return
         with self.counting:
-            self.accounting["dropped_stale"] += sum(item.size for item in stale)
+            self.accounting.dropped_stale += sum(item.size for item in stale)
             self.buffer = fresh
         for item in stale:
             self._dropped_tree(item)
@@ -315,10 +321,10 @@ class TrainerWorker(Worker):
         staleness = [self.version - b.oldest_version for b in batch]
         self.step += 1
         self.version += 1
-        if not self.leads:
+        if self.role is TrainerRole.FOLLOWER:
             return
         with self.counting:
-            self.accounting["trained"] += len(trajectories)
+            self.accounting.trained += len(trajectories)
             self.in_step = 0
         for item in batch:
             producer, position = item.sample.producer, item.sample.shard_position
@@ -366,33 +372,36 @@ class TrainerWorker(Worker):
     def _save_checkpoint(self) -> float:
         started = time.perf_counter()
         buffered = sum(b.size for b in self.buffer)
-        progress = TrainingProgress(self.step, self.version, {**self.accounting, "buffered": buffered},
+        progress = TrainingProgress(self.step, self.version, {**self.accounting.as_dict(), "buffered": buffered},
                                     dict(self.data_positions))
         save_checkpoint(self.checkpoints, self.model, self.optimizer, self.scheduler, progress,
                         keep=self.config.keep_checkpoints)
         return time.perf_counter() - started
 
     def _stats(self) -> dict[str, Any]:
-        if not hasattr(self, "group"):
+        if self.role is None:
             return {}
         stats: dict[str, Any] = {"step": self.step, "version": self.version}
         if self.group is not None:
             stats["group"] = {"rank": self.group.rank, "world_size": self.group.world_size}
-        if not hasattr(self, "consumer"):
-            return stats  # a follower (rank 0 counts every sample of the group, once), or still configuring
+        if self.role is TrainerRole.FOLLOWER:
+            return stats  # rank 0 counts every sample of the group, once
+        assert self.consumer is not None
         with self.counting:
             buffered = sum(b.size for b in self.buffer) + self.in_step
-            accounting = {**self.accounting, "buffered": buffered, "received_from": dict(self.received_from)}
+            accounting = {**self.accounting.as_dict(), "buffered": buffered,
+                          "received_from": dict(self.received_from)}
         if self.restored:
             accounting["restored"] = self.restored
         return {**stats, "resumed_from": self.resumed_from, "headline": self.headline, "accounting": accounting,
                 "samples": self.consumer.as_dict()}
 
     def _close(self) -> None:
-        if hasattr(self, "consumer"):
+        if self.consumer is not None:
             self.consumer.close()
+        if self.metrics is not None:
             self.metrics.close()
-        if getattr(self, "group", None) is not None:
+        if self.group is not None:
             self.group.close()
 
 

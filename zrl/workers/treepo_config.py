@@ -3,21 +3,28 @@ controller reads them without importing torch or the workers.
 
 Fields that several workers must agree on (the model, the stream names, the parameter DB) appear in each worker's
 config; an experiment file keeps them equal, and its `aliases` let one override set them all (`model.path=...`).
+The staleness rule (`max_staleness`, `prompts_per_step`) must agree between the trainer and the rollout workers:
+`staleness_disagreements` names every key on which they differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from zrl.config import WorkerGroupConfig
 from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.datasets import DatasetConfig
 from zrl.rl.loss import LossConfig
+from zrl.rl.staleness import StalenessRule
 from zrl.rl.synthetic import ArithmeticConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.rl.verifier import VerifierConfig
 
 EngineKind = Literal["hf", "vllm"]
+STALENESS_KEYS = ("max_staleness", "prompts_per_step")
+"""Fields of both `TrainerConfig` and `RolloutConfig` that make up the staleness rule."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,10 @@ class RolloutConfig:
     request_timeout_s: float = 120.0
     """A policy worker that leaves a request unanswered this long is presumed dead."""
 
+    @property
+    def staleness(self) -> StalenessRule:
+        return StalenessRule(self.max_staleness, self.prompts_per_step)
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -178,6 +189,10 @@ class TrainerConfig:
     hang_at_step: int = -1
     """A drill for stall detection: deadlock for good inside the training step that makes this version (-1: never)."""
 
+    @property
+    def staleness(self) -> StalenessRule:
+        return StalenessRule(self.max_staleness, self.prompts_per_step)
+
     def __post_init__(self) -> None:
         for name in ("save_every", "keep_checkpoints", "push_every"):
             if getattr(self, name) < 1:
@@ -200,3 +215,18 @@ class EvaluatorConfig:
     """Longest greedy answer."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
+
+
+def staleness_disagreements(workers: Mapping[str, WorkerGroupConfig]) -> list[str]:
+    """One error for each staleness key on which a trainer group and a rollout group differ, naming both keys."""
+    trainers = {name: g.config for name, g in workers.items() if isinstance(g.config, TrainerConfig)}
+    rollouts = {name: g.config for name, g in workers.items() if isinstance(g.config, RolloutConfig)}
+    errors = []
+    for trainer, trainer_config in trainers.items():
+        for rollout, rollout_config in rollouts.items():
+            for key in STALENESS_KEYS:
+                ours, theirs = getattr(trainer_config, key), getattr(rollout_config, key)
+                if ours != theirs:
+                    errors.append(f"workers.{trainer}.config.{key} ({ours}) and workers.{rollout}.config.{key} "
+                                  f"({theirs}) must be equal")
+    return errors
