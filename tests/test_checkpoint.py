@@ -21,8 +21,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import zrl.rl.checkpoint as checkpoint_module
-from zrl.rl.checkpoint import (
+import zrl.paramdb.checkpoint as checkpoint_module
+from zrl.paramdb.checkpoint import (
     CheckpointError,
     TrainingProgress,
     checkpoint_steps,

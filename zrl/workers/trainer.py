@@ -15,7 +15,7 @@ sends the others either nothing (no batch yet) or the batch it chose, and all of
 on its share of the rows (`zrl.rl.data_parallel`). Only rank 0 pushes weights and writes metrics.
 
 Checkpoints: every `save_every` steps and after the last, the model, optimizer, LR schedule, RNG states, step,
-version, sample-accounting counters and data positions go to `{run_dir}/checkpoints/` (`zrl.rl.checkpoint`). On
+version, sample-accounting counters and data positions go to `{run_dir}/checkpoints/` (`zrl.paramdb.checkpoint`). On
 configure the trainer continues from the newest one: a relaunched trainer, or a resumed trial. The parameter DB may
 then hold versions newer than the checkpoint, pushed by the trainer that died; the resumed weights are pushed as
 the version after the newest, so the policy workers serve them at once, and versions count on from there (a
@@ -39,8 +39,8 @@ import numpy as np
 from zrl.atomic_file import write_json_atomic
 from zrl.engines.hf import model_eos_token_ids
 from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
+from zrl.paramdb.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
 from zrl.rl.advantage import dynamic_sampling
-from zrl.rl.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
 from zrl.rl.sample_accounting import SampleAccounting
 from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
 from zrl.rl.tree import merge_stats
