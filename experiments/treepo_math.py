@@ -9,6 +9,7 @@
 from zrl.config import ControllerTimeouts, ExperimentConfig, Resources, WorkerGroupConfig
 from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.staleness import StalenessRule
+from zrl.rl.train_step import OptimizerConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.workers.treepo_config import EvaluatorConfig, PolicyConfig, RolloutConfig, TrainerConfig
 
@@ -60,9 +61,9 @@ ALIASES = {
     "max_staleness": _each(("trainer", "rollout"), "max_staleness"),
     "push_every": _each(("trainer",), "push_every"),
     "save_every": _each(("trainer",), "save_every"),
-    "lr": _each(("trainer",), "lr"),
-    "lr_decay": _each(("trainer",), "lr_decay"),
-    "min_lr_ratio": _each(("trainer",), "min_lr_ratio"),
+    "lr": _each(("trainer",), "optimizer.lr"),
+    "lr_decay": _each(("trainer",), "optimizer.decay"),
+    "min_lr_ratio": _each(("trainer",), "optimizer.min_lr_ratio"),
     "credit": _each(("trainer",), "advantage.credit"),
     "advantage_scale": _each(("trainer",), "advantage.scale"),
     "dynamic_sampling": _each(("trainer",), "advantage.dynamic_sampling"),
@@ -89,7 +90,8 @@ def experiment() -> ExperimentConfig:
                                         resources=Resources(cpus=1, memory_mb=4096)),
             "trainer": WorkerGroupConfig(
                 type="trainer", resources=Resources(cpus=1, memory_mb=4096),
-                config=TrainerConfig(total_steps=TOTAL_STEPS, **vars(STALENESS), lr=LEARNING_RATE, lr_decay=LR_DECAY,
+                config=TrainerConfig(total_steps=TOTAL_STEPS, **vars(STALENESS),
+                                     optimizer=OptimizerConfig(lr=LEARNING_RATE, decay=LR_DECAY),
                                      micro_batch_tokens=MICRO_BATCH_TOKENS,
                                      advantage=AdvantageConfig(credit="trajectory", scale="tree"))),
             "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=EVAL_EVERY),

@@ -181,10 +181,15 @@ def test_resume_needs_the_name_and_the_run_directory_of_the_trial(tmp_path, caps
 def test_a_learning_rate_decay_is_checked_before_anything_starts():
     treepo = load_experiment(Path(__file__).resolve().parent.parent / "experiments" / "treepo_math.py")
     config = apply_overrides(treepo, ["lr_decay=cosine", "min_lr_ratio=0.2"]).workers["trainer"].config
-    assert (config.lr_decay, config.min_lr_ratio) == ("cosine", 0.2)
+    assert (config.optimizer.decay, config.optimizer.min_lr_ratio) == ("cosine", 0.2)
     # A run that ends inside the warm-up has nothing to decay: a short smoke run needs no other setting.
     assert apply_overrides(treepo, ["lr_decay=cosine", "total_steps=3"]).workers["trainer"].config.total_steps == 3
     with pytest.raises(ConfigError) as info:
         apply_overrides(treepo, ["lr_decay=step", "min_lr_ratio=2"])
     assert "'step' is not allowed; allowed values: constant, cosine, linear" in info.value.errors[0]
     assert "min_lr_ratio must be between 0 and 1, got 2.0" in info.value.errors[1]
+    # The optimizer is one section of the trainer's config; the short keys set it.
+    config = apply_overrides(treepo, ["lr=1e-4", "workers.trainer.config.optimizer.warmup_steps=0"]).workers["trainer"]
+    assert (config.config.optimizer.lr, config.config.optimizer.warmup_steps) == (1e-4, 0)
+    with pytest.raises(ConfigError, match="lr must be > 0, got -1.0"):
+        apply_overrides(treepo, ["lr=-1"])

@@ -53,6 +53,7 @@ def test_a_trainer_continues_from_the_checkpoint_of_the_one_before(start_trainer
     start, resolver = start_trainer
     first = start(total_steps=3)
     assert first.resumed_from is None and first.step == first.version == 0  # a fresh trial
+    assert first.step_config.optimizer.decay_steps == 3  # a learning-rate decay ends at the run's last step
     step_without_data(first)
     step_without_data(first)
     first.accounting = replace(first.accounting, received=40, trained=16, dropped_stale=8)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,19 +53,27 @@ class OptimizerConfig:
     """Linear learning-rate warm-up steps; then `decay`."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping)."""
-    decay: str = "constant"
+    decay: Literal["constant", "cosine", "linear"] = "constant"
     """After the warm-up: "constant", or "cosine" / "linear" decay to `min_lr_ratio` * lr at step `decay_steps`."""
     decay_steps: int = 0
-    """The step at which a decay reaches its floor (the run's total steps); the rate stays there afterwards."""
+    """The step at which a decay reaches its floor, after which the rate stays there (0: the run's last step)."""
     min_lr_ratio: float = 0.1
     """The decay's floor, as a fraction of the peak rate."""
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1
-                and self.warmup_steps >= 0 and self.grad_clip >= 0 and 0 <= self.min_lr_ratio <= 1):
-            raise ValueError(f"invalid OptimizerConfig: {self}")
-        if self.decay not in LR_DECAYS:
-            raise ValueError(f"OptimizerConfig.decay={self.decay!r}: choose one of {', '.join(LR_DECAYS)}")
+        problems = [problem for problem, wrong in (
+            (f"lr must be > 0, got {self.lr}", not self.lr > 0),
+            (f"weight_decay must be >= 0, got {self.weight_decay}", not self.weight_decay >= 0),
+            (f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}",
+             not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1)),
+            (f"warmup_steps and decay_steps must be >= 0, got {self.warmup_steps}, {self.decay_steps}",
+             self.warmup_steps < 0 or self.decay_steps < 0),
+            (f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}", not self.grad_clip >= 0),
+            (f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}", not 0 <= self.min_lr_ratio <= 1),
+            (f"decay must be one of {', '.join(LR_DECAYS)}, got {self.decay!r}", self.decay not in LR_DECAYS),
+        ) if wrong]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def lr_factor(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based), as a fraction of the peak rate."""

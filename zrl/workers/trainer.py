@@ -27,6 +27,7 @@ stream and announces the reset (`names.sample_stream_reset`), so the rollout wor
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import threading
@@ -42,7 +43,7 @@ from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, names
 from zrl.paramdb.checkpoint import TrainingProgress, load_checkpoint, save_checkpoint
 from zrl.rl.advantage import dynamic_sampling
 from zrl.rl.sample_accounting import SampleAccounting
-from zrl.rl.train_step import OptimizerConfig, StepConfig, make_optimizer, train_step
+from zrl.rl.train_step import StepConfig, make_optimizer, train_step
 from zrl.rl.tree import merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
 from zrl.wire import WireError
@@ -107,9 +108,7 @@ class TrainerWorker(Worker):
         pad = self.model.config.pad_token_id
         self.pad_id = int(pad) if pad is not None else model_eos_token_ids(path)[0]
         self.step_config = StepConfig(
-            OptimizerConfig(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-                            grad_clip=config.grad_clip, decay=config.lr_decay, decay_steps=config.total_steps,
-                            min_lr_ratio=config.min_lr_ratio),
+            dataclasses.replace(config.optimizer, decay_steps=config.optimizer.decay_steps or config.total_steps),
             config.advantage, config.loss, config.micro_batch_tokens, config.pack_trees)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.step_config.optimizer)
         self.step = self.version = 0

@@ -19,6 +19,7 @@ from zrl.rl.datasets import DatasetConfig
 from zrl.rl.loss import LossConfig
 from zrl.rl.staleness import StalenessRule
 from zrl.rl.synthetic import ArithmeticConfig
+from zrl.rl.train_step import OptimizerConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.rl.verifier import VerifierConfig
 
@@ -149,18 +150,8 @@ class TrainerConfig:
     """Push weights to the parameter DB every this many steps (and after the last)."""
     max_staleness: int = 2
     """Drop trees whose oldest segment is more than this many versions older than the weights being trained."""
-    lr: float = 2e-4
-    """Peak AdamW learning rate."""
-    warmup_steps: int = 5
-    """Linear learning-rate warm-up steps."""
-    lr_decay: Literal["constant", "cosine", "linear"] = "constant"
-    """After the warm-up: "constant", or "cosine" / "linear" decay to `min_lr_ratio` * lr at the last step."""
-    min_lr_ratio: float = 0.1
-    """Floor of the learning-rate decay, as a fraction of `lr`."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """AdamW, the learning-rate schedule (warm-up, then a decay that ends at the last step) and gradient clipping."""
     micro_batch_tokens: int = 8192
     """Most padded tokens per forward/backward pass."""
     pack_trees: bool = True
@@ -197,8 +188,6 @@ class TrainerConfig:
         for name in ("save_every", "keep_checkpoints", "push_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
 
 
 @dataclass(frozen=True)
