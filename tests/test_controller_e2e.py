@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import require
 
+from zrl.workers.drills import DRILL_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "experiments" / "echo.py"
 
@@ -23,8 +25,9 @@ ECHO = ROOT / "experiments" / "echo.py"
 class ControllerRun:
     """A controller process running experiments/echo.py with its output in a file."""
 
-    def __init__(self, tmp_path: Path, *overrides: str, sigint_ignored: bool = False):
-        """`sigint_ignored`: start it as a shell without job control starts a background job, SIGINT ignored."""
+    def __init__(self, tmp_path: Path, *overrides: str, sigint_ignored: bool = False, drill: str = ""):
+        """`sigint_ignored`: start it as a shell without job control starts a background job, SIGINT ignored;
+        `drill`: $ZRL_DRILL for its workers (zrl.workers.drills)."""
         self.trial = f"t{uuid.uuid4().hex[:8]}"
         self.run_root = tmp_path / "runs"
         self.run_dir = self.run_root / "echo" / self.trial
@@ -34,6 +37,7 @@ class ControllerRun:
         with open(self.output_path, "w") as out:
             self.process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                env={**os.environ, DRILL_ENV: drill} if drill else None,
                 preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
 
     @property

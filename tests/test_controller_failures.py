@@ -118,9 +118,9 @@ def test_sigkilled_worker_with_never_stops_the_run_within_15_s(tmp_path: Path):
 
 
 def test_worker_error_stops_the_run_and_prints_its_traceback(tmp_path: Path):
-    run = ControllerRun(tmp_path, "workers.producer.config.fail_after=40")
+    run = ControllerRun(tmp_path, drill="producer/0:fail@2")
     assert run.wait(timeout=30) == 1, run.output
-    assert "worker error: RuntimeError: fail_after=40 reached after 40 samples (a drill)" in run.output
+    assert "worker error: RuntimeError: drill: fail after 2 batches ($ZRL_DRILL)" in run.output
     assert "Traceback (most recent call last)" in run.output and "in _poll" in run.output
     assert run.summary()["workers"][run.output.split("error: worker ")[1].split()[0]]["status"] == "ERROR"
 
@@ -185,7 +185,7 @@ def test_workers_exit_when_the_controller_is_killed(tmp_path: Path):
 
 def test_a_hung_worker_dies_soon_after_its_controller_is_sigkilled(tmp_path: Path):
     # Its _poll never returns, so the parent-death SIGTERM alone would only set a flag that nothing reads.
-    run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=0", "timeouts.exit_grace_s=2")
+    run = ControllerRun(tmp_path, *SLOW, "timeouts.exit_grace_s=2", drill="producer/0:hang@0")
     run.wait_for_output("workers RUNNING")
     pids = run.worker_pids()
     time.sleep(0.5)
@@ -207,8 +207,7 @@ def test_a_hung_worker_dies_soon_after_its_controller_is_sigkilled(tmp_path: Pat
 def test_a_worker_stuck_in_poll_is_lost_with_its_stacks_in_its_log(tmp_path: Path):
     # The producer's control thread keeps answering and its name stays alive; only its _poll never returns.
     assert 0 < ControllerTimeouts().poll_stall_s < float("inf")  # on by default; the run below shortens it
-    run = ControllerRun(tmp_path, *SLOW, "workers.producer.config.hang_after=20", "timeouts.poll_stall_s=2",
-                        "timeouts.stop_s=2")
+    run = ControllerRun(tmp_path, *SLOW, "timeouts.poll_stall_s=2", "timeouts.stop_s=2", drill="producer/0:hang@2")
     assert run.wait(timeout=40) == 1, run.output
     assert "LOST: its _poll has not returned for" in run.output
     failed = run.output.split("error: worker ")[1].split()[0]

@@ -21,6 +21,7 @@ from zrl.nameresolve import make_name_resolver, names
 from zrl.streams.control import ControlClient
 from zrl.streams.control_key_file import control_key_path, read_control_key
 from zrl.streams.curve import CurveKeys
+from zrl.workers.drills import DRILL_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -196,9 +197,9 @@ def test_a_rollout_worker_killed_mid_run_is_relaunched_and_the_accounting_balanc
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 120)
-def test_a_trainer_hung_inside_a_step_is_reported_with_its_stack_and_the_run_stops(tmp_path: Path) -> None:
-    run = TreepoRun(tmp_path, "total_steps=8", *TINY, "workers.trainer.config.hang_at_step=3",
-                    f"timeouts.poll_stall_s={STALL_S:g}", "timeouts.stop_s=5")
+def test_a_hung_trainer_is_reported_with_its_stack_and_the_run_stops(tmp_path: Path) -> None:
+    run = TreepoRun(tmp_path, "total_steps=8", *TINY, f"timeouts.poll_stall_s={STALL_S:g}", "timeouts.stop_s=5",
+                    env={**os.environ, DRILL_ENV: "trainer/0:hang@2"})  # hangs in the poll after step 2
     reported = "error: worker trainer/0 failed: LOST: its _poll has not returned for"
     wait_for(lambda: reported in run.output, "the report of the hung trainer", run)
     reported_at = time.time()
@@ -206,8 +207,8 @@ def test_a_trainer_hung_inside_a_step_is_reported_with_its_stack_and_the_run_sto
     output = run.output
     assert code == 1, f"exit code {code}; output:\n{output}"
     log = log_of(run, "trainer/0")
-    drill = re.search(r"^(\S+ \S+) WARNING .* drill: hang_at_step=3: deadlocking inside this training step", log,
-                      re.MULTILINE)
+    drill = re.search(r"^(\S+ \S+) WARNING .* drill: hang after 2 batches \(ZRL_DRILL\): deadlocking inside this "
+                      r"poll", log, re.MULTILINE)
     assert drill, log
     hung_at = datetime.strptime(drill.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     # Reported once its poll had hung for poll_stall_s, give or take the status interval and a loaded machine.
@@ -216,7 +217,7 @@ def test_a_trainer_hung_inside_a_step_is_reported_with_its_stack_and_the_run_sto
     assert [r["step"] for r in run.records("train")] == [1, 2]
     # The stacks of its threads, written into its log before it was stopped, show where it hangs; the controller
     # prints the end of that log, where the main thread's stack comes last.
-    hang = re.compile(r"in deadlock_in_native_code\n.* in _train\n.* in _poll\n")
+    hang = re.compile(r"in deadlock_in_native_code\n.* in run_if_due\n.* in _poll_once\n")
     assert hang.search(log), log
     assert hang.search(output.split(reported)[1]), output
     summary = run.summary()

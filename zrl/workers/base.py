@@ -41,6 +41,7 @@ from zrl.nameresolve import NameEntryNotFoundError, NameResolveError, NameResolv
 from zrl.streams.control import ControlRequest, ControlServer, ErrorInfo
 from zrl.streams.control_auth import ControlKey
 from zrl.streams.curve import CurveKeys
+from zrl.workers.drills import drill_for
 
 
 class CommandRejected(RuntimeError):
@@ -128,6 +129,7 @@ class Worker:
         self._started_at: float | None = None
         self._control: ControlServer | None = None
         self._published: WorkerStatus | None = None
+        self._drill = drill_for(context.worker_id, os.environ)
         self._publish_failing = False
 
     # ---- subclass hooks ----
@@ -196,6 +198,8 @@ class Worker:
     def _poll_once(self) -> None:
         self._in_poll = True
         try:
+            if self._drill is not None:
+                self._drill.run_if_due(self._batches, self.logger)
             result = self._poll()
         except Exception as exc:  # noqa: BLE001 - any failure of the work is reported, never swallowed
             self._fail(exc, "_poll")

@@ -27,7 +27,6 @@ from zrl.streams import (
 )
 from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
-from zrl.workers.drills import deadlock_in_native_code
 from zrl.workers.echo_config import EchoConsumerConfig, EchoProducerConfig, EchoServerConfig
 from zrl.workers.messages import WireMessage
 
@@ -117,10 +116,6 @@ class EchoProducer(Worker):
         for seq, answer in zip(seqs, doubled, strict=True):
             self.producer.post(EchoSample(self.context.worker_id, seq, seq, answer, self.incarnation).to_wire())
         self.producer.flush()
-        if 0 <= config.fail_after <= self.next_seq:
-            raise RuntimeError(f"fail_after={config.fail_after} reached after {self.next_seq} samples (a drill)")
-        if 0 <= config.hang_after <= self.next_seq:
-            deadlock_in_native_code()
         if config.interval_s:
             time.sleep(config.interval_s)
         return PollResult(sample_count=len(seqs), batch_count=1)

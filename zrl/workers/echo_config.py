@@ -30,11 +30,6 @@ class EchoProducerConfig:
     """Pause after each batch (to stretch a demo run)."""
     request_timeout_s: float = 30.0
     """Longest wait for the answers to one batch."""
-    fail_after: int = -1
-    """Raise an error once this many samples are posted (-1: never); a drill for failure handling."""
-    hang_after: int = -1
-    """Deadlock _poll in native code once this many samples are posted (-1: never); a drill for stall detection
-    and for a controller that dies while a worker hangs."""
 
 
 @dataclass(frozen=True)

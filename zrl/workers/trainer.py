@@ -48,7 +48,6 @@ from zrl.rl.tree import merge_stats
 from zrl.streams import NameResolvingSampleConsumer, SampleStreamConfig, SocketConfig
 from zrl.wire import WireError
 from zrl.workers.base import PollResult, Worker
-from zrl.workers.drills import deadlock_in_native_code
 from zrl.workers.messages import TreeSample
 from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trainer_group
 from zrl.workers.treepo_common import (
@@ -312,9 +311,6 @@ class TrainerWorker(Worker):
     def _train(self, batch: list[ReceivedTree]) -> None:
         config = self.config
         trajectories = [t for b in batch for t in b.tree.trajectories]
-        if self.step + 1 == config.hang_at_step:
-            self.logger.warning("drill: hang_at_step=%d: deadlocking inside this training step", config.hang_at_step)
-            deadlock_in_native_code()
         metrics = train_step(self.model, self.optimizer, self.scheduler, trajectories, self.step_config,
                              self.pad_id, on_policy_version=self.version, collective=self.group)
         staleness = [self.version - b.oldest_version for b in batch]

@@ -177,8 +177,6 @@ class TrainerConfig:
     collective; a trainer whose peer died or hangs fails after at most this."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
-    hang_at_step: int = -1
-    """A drill for stall detection: deadlock for good inside the training step that makes this version (-1: never)."""
 
     @property
     def staleness(self) -> StalenessRule:
