@@ -189,8 +189,10 @@ def test_the_learning_rate_warms_up_decays_to_its_floor_and_stays_there(decay: s
 def test_a_constant_rate_stays_at_its_peak_and_a_bad_schedule_is_refused():
     config = OptimizerConfig(lr=1e-3, warmup_steps=0)
     assert [config.lr_factor(step) for step in (0, 10, 10_000)] == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="decay='step'"):
+    with pytest.raises(ValueError, match="decay must be one of constant, cosine, linear, got 'step'"):
         OptimizerConfig(decay="step")
+    with pytest.raises(ValueError, match="lr must be > 0, got 0; min_lr_ratio must be between 0 and 1, got 2"):
+        OptimizerConfig(lr=0, min_lr_ratio=2)
 
 
 @pytest.mark.parametrize("decay_steps", [0, 3, 5])
