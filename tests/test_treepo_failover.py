@@ -18,6 +18,7 @@ import pytest
 from test_treepo_e2e import RUN_TIMEOUT_S, TreepoRun
 
 from zrl.nameresolve import make_name_resolver, names
+from zrl.streams import InferenceStreamConfig
 from zrl.streams.control import ControlClient
 from zrl.streams.control_key_file import control_key_path, read_control_key
 from zrl.streams.curve import CurveKeys
@@ -120,6 +121,9 @@ def test_a_policy_worker_killed_mid_run_leaves_the_run_to_the_other(tmp_path: Pa
         # Hold the trainer until the relaunched worker serves, so the run cannot end before it answers.
         command(run, "trainer/0", "pause")
         wait_for(lambda: starts(run, "policy/1") == 2, "the relaunch of policy/1", run)
+        # The rollout worker finds a new server within resolve_interval_s (1 s); a run that ended sooner would
+        # leave the relaunched worker nothing to answer.
+        time.sleep(2 * InferenceStreamConfig().resolve_interval_s + 0.5)
         served_at_restart = max(r["step"] for r in run.records("train"))
         command(run, "trainer/0", "resume")
     summary = check_completed(run, steps)
