@@ -89,6 +89,8 @@ def test_a_policy_worker_started_mid_run_answers_with_the_newest_version_that_lo
         assert answers[request]["version"] == 2, answers
         stats = worker._stats()
         assert stats["first_version_served"] == 2 and stats["reload_failures"] == 1, stats
+        # The engine's prefix cache reports in the status: one request, its prefix computed once.
+        assert stats["engine"]["misses"] == 1 and stats["engine"]["computed_tokens"] == 2, stats
     finally:
         if client is not None:
             client.close()

@@ -71,5 +71,9 @@ class Engine(abc.ABC):
         """Every id that ends a sequence; generation stops on any of them and reports eos."""
         return (self.eos_token_id,)
 
+    def stats(self) -> dict[str, int]:
+        """Counters of the engine's own work for the worker's status (the hf engine: its prefix cache)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 (an optional hook: engines without resources keep this default)
         """Release the engine's resources."""

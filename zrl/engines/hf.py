@@ -1,4 +1,6 @@
-"""A transformers generation engine (CPU or GPU): left-padded batches, KV-cached decoding of new tokens only.
+"""A transformers generation engine (CPU or GPU): left-padded batches, KV-cached decoding of new tokens only, and
+prefixes computed once: a prefix's keys and values are kept (`zrl.engines.prefix_cache`) for the requests that
+continue it.
 
 Logprobs are those of the sampled tokens under the model's unscaled distribution (temperature 1, no top-p), the
 same quantity vLLM reports by default, so the trainer's ratio is computed against the policy that the logits define.
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from zrl.engines.base import Engine, GenerationRequest, GenerationResult
+from zrl.engines.prefix_cache import LayerKV, PrefixKVCache
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,10 @@ class HFEngineConfig:
     """Most requests decoded together; larger batches are split."""
     seed: int = 0
     """Seed of the engine's sampling generator, used by requests without their own seed."""
+    prefix_cache_tokens: int = 65536
+    """Most tokens whose keys and values are kept for requests that continue them (a tree's children continue
+    their parent; the samples of one prompt share its prefill), least recently used out first; 0 turns reuse off.
+    Memory: 2 x layers x key/value heads x head size x dtype bytes per token (3 KB for the tiny model)."""
 
 
 def read_state_dict(model_dir: Path | str) -> dict[str, torch.Tensor]:
@@ -153,6 +161,9 @@ class HFEngine(Engine):
         self.model_path = Path(model_path)
         if self.config.max_batch_size < 1:
             raise ValueError(f"HFEngineConfig.max_batch_size must be >= 1, got {self.config.max_batch_size}")
+        if self.config.prefix_cache_tokens < 0:
+            raise ValueError(f"HFEngineConfig.prefix_cache_tokens must be >= 0 (0: off), got "
+                             f"{self.config.prefix_cache_tokens}")
         device = self.config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,6 +179,7 @@ class HFEngine(Engine):
         self._pad = int(pad) if pad is not None else self._eos
         self._version = version
         self._generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self._prefix_cache = PrefixKVCache(self.config.prefix_cache_tokens) if self.config.prefix_cache_tokens else None
 
     @property
     def version(self) -> int:
@@ -190,6 +202,8 @@ class HFEngine(Engine):
         validate_state_dict(state, self._shapes, self._optional, where)
         self._load_state(state, adopt)
         self._version = version
+        if self._prefix_cache is not None:
+            self._prefix_cache.clear()  # keys and values of the old weights
 
     def _load_state(self, state: dict[str, torch.Tensor], adopt: bool) -> None:
         # A tied output head is the input embedding's own tensor, so loading the embedding loads the head too.
@@ -228,17 +242,110 @@ class HFEngine(Engine):
                 results[index] = result
         return [result for result in results if result is not None]
 
+    def stats(self) -> dict[str, int]:
+        if self._prefix_cache is None:
+            return {}
+        return {**self._prefix_cache.stats.as_dict(), "cached_tokens": self._prefix_cache.tokens,
+                "cached_prefixes": len(self._prefix_cache)}
+
     @torch.inference_mode()
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        rows = len(requests)
-        width = max(len(r.prefix_ids) for r in requests)
-        ids = torch.full((rows, width), self._pad, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        for row, request in enumerate(requests):
-            ids[row, width - len(request.prefix_ids) :] = torch.tensor(request.prefix_ids)
-            mask[row, width - len(request.prefix_ids) :] = 1
+        if self._prefix_cache is None:
+            ids, mask, positions = self._left_padded([r.prefix_ids for r in requests], [0] * len(requests))
+            return self._decode(requests, ids, mask, positions, None)
+        # Every prefix but its last token comes from the cache (computed first where missing); the first forward
+        # then feeds one token per row.
+        past, mask = self._stack_kv(self._prefix_kv(requests))
+        ids = torch.tensor([[r.prefix_ids[-1]] for r in requests], device=self.device)
+        positions = torch.tensor([[len(r.prefix_ids) - 1] for r in requests], device=self.device)
+        mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=mask.dtype, device=self.device)], dim=1)
+        return self._decode(requests, ids, mask, positions, past)
+
+    def _left_padded(self, sequences: list[list[int]], starts: list[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids left-padded to one width, their mask, and positions counted from each row's start."""
+        width = max(len(sequence) for sequence in sequences)
+        ids = torch.full((len(sequences), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                ids[row, width - len(sequence) :] = torch.tensor(sequence)
+                mask[row, width - len(sequence) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor(starts, device=self.device)[:, None]
+        return ids, mask, positions
+
+    def _prefix_kv(self, requests: list[GenerationRequest]) -> list[list[LayerKV] | None]:
+        """The keys and values of each request's prefix without its last token: cached, or computed once for all
+        the requests that share it (and cached)."""
+        cache, stats = self._prefix_cache, self._prefix_cache.stats
+        keys = [tuple(r.prefix_ids[:-1]) for r in requests]
+        found: dict[tuple[int, ...], list[LayerKV]] = {}
+        missing: list[tuple[int, ...]] = []
+        seen: set[tuple[int, ...]] = set()
+        for key in keys:
+            if not key:
+                continue
+            if key not in seen:
+                seen.add(key)
+                entry = cache.get(key)
+                if entry is None:
+                    missing.append(key)
+                    stats.misses += 1
+                    continue
+                found[key] = entry
+            stats.hits += 1
+            stats.reused_tokens += len(key)
+        size = self.config.max_batch_size
+        for start in range(0, len(missing), size):
+            found.update(self._compute_kv(missing[start : start + size]))
+        return [found.get(key) for key in keys]
+
+    def _compute_kv(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[LayerKV]]:
+        """Compute the keys and values of token sequences, each from its longest cached prefix on."""
+        cache = self._prefix_cache
+        bases = [cache.longest_prefix(key) for key in keys]
+        cache.stats.reused_tokens += sum(length for length, _ in bases)
+        cache.stats.computed_tokens += sum(len(key) - length for key, (length, _) in zip(keys, bases, strict=True))
+        past, past_mask = self._stack_kv([entry for _, entry in bases])
+        ids, mask, positions = self._left_padded([list(key[length:]) for key, (length, _) in zip(keys, bases,
+                                                                                              strict=True)],
+                                                 [length for length, _ in bases])
+        mask = torch.cat([past_mask, mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                         use_cache=True, logits_to_keep=1)
+        computed = {}
+        for row, key in enumerate(keys):
+            computed[key] = _row_kv(out.past_key_values, row, mask[row])
+            cache.put(key, computed[key])
+        return computed
+
+    def _stack_kv(self, rows: list[list[LayerKV] | None]) -> tuple[DynamicCache | None, torch.Tensor]:
+        """One left-padded batch cache of per-row keys and values (None: no tokens), and its attention mask."""
+        lengths = [entry[0][0].shape[1] if entry else 0 for entry in rows]
+        width = max(lengths)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            mask[row, width - length :] = 1
+        if width == 0:
+            return None, mask
+        template = next(entry for entry in rows if entry)
+        past = DynamicCache()
+        for layer, (layer_keys, layer_values) in enumerate(template):
+            keys = layer_keys.new_zeros((len(rows), layer_keys.shape[0], width, layer_keys.shape[2]))
+            values = layer_values.new_zeros((len(rows), layer_values.shape[0], width, layer_values.shape[2]))
+            for row, entry in enumerate(rows):
+                if entry:
+                    keys[row, :, width - lengths[row] :] = entry[layer][0]
+                    values[row, :, width - lengths[row] :] = entry[layer][1]
+            past.update(keys, values, layer)
+        return past, mask
+
+    def _decode(self, requests: list[GenerationRequest], step_ids: torch.Tensor, mask: torch.Tensor,
+                step_positions: torch.Tensor, past: DynamicCache | None) -> list[GenerationResult]:
+        """Sample until every row ends, feeding `step_ids` first; with the prefix cache on, a row that stops at
+        its token limit leaves its keys and values there for the request that continues it."""
+        rows = len(requests)
         generators = [
             torch.Generator(device=self.device).manual_seed(r.sampling.seed) if r.sampling.seed is not None
             else self._generator
@@ -252,8 +359,6 @@ class HFEngine(Engine):
         eos = [False] * rows
         active = list(range(rows))
         """The request row of each row of the running batch; finished rows leave it, so they cost nothing more."""
-        past = None
-        step_ids, step_positions = ids, positions
         while not all(done):
             out = self.model(
                 input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
@@ -273,6 +378,10 @@ class HFEngine(Engine):
                 logprobs[row].append(picked_logprobs[slot])
                 eos[row] = token in self._eos_ids
                 done[row] = eos[row] or len(tokens[row]) >= requests[row].max_new_tokens
+                if done[row] and not eos[row] and self._prefix_cache is not None:
+                    # The cache holds the prefix and every sampled token but the last, which was never fed.
+                    self._prefix_cache.put(tuple(requests[row].prefix_ids + tokens[row][:-1]),
+                                           _row_kv(past, slot, mask[slot]))
             keep = [slot for slot, row in enumerate(active) if not done[row]]
             if not keep:
                 break
@@ -293,3 +402,10 @@ class HFEngine(Engine):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+        self._prefix_cache = None
+
+
+def _row_kv(past: DynamicCache, row: int, row_mask: torch.Tensor) -> list[LayerKV]:
+    """One row's keys and values at its unmasked positions, copied out of a batch cache."""
+    valid = row_mask.bool()
+    return [(layer.keys[row][:, valid].clone(), layer.values[row][:, valid].clone()) for layer in past.layers]

@@ -163,7 +163,7 @@ class PolicyWorker(Worker):
             return {}
         return {**self.counts, "version": self.engine.version, "first_version_served": self.first_version_served,
                 "generate_s": round(self.generate_s, 3),
-                "reload_s": round(self.reload_s, 3), "stream": self.server.as_dict()}
+                "reload_s": round(self.reload_s, 3), "engine": self.engine.stats(), "stream": self.server.as_dict()}
 
     def _close(self) -> None:
         if self.server is not None:

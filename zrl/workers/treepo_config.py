@@ -71,6 +71,9 @@ class EngineOptions:
     """torch device of the hf engine; auto: cuda when available, else cpu."""
     max_batch_size: int = 64
     """hf: most requests decoded together; an engine call with more is decoded in parts of this size."""
+    prefix_cache_tokens: int = 65536
+    """hf: most tokens of prefixes whose keys and values are kept for the requests that continue them (a tree's
+    children, the samples of one prompt); 0 turns reuse off. vLLM caches prefixes by its own blocks."""
     max_model_len: int = 512
     """vLLM: longest prompt + response in tokens."""
     block_size: int | None = None
@@ -83,7 +86,8 @@ class EngineOptions:
     def engine_kwargs(self) -> dict[str, object]:
         """Options for `zrl.engines.factory.make_engine` of this kind."""
         if self.kind == "hf":
-            return {"device": self.device, "dtype": self.dtype, "max_batch_size": self.max_batch_size, "seed": self.seed}
+            return {"device": self.device, "dtype": self.dtype, "max_batch_size": self.max_batch_size, "seed": self.seed,
+                    "prefix_cache_tokens": self.prefix_cache_tokens}
         return {"dtype": self.dtype, "max_model_len": self.max_model_len, "block_size": self.block_size,
                 "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed}
 
