@@ -38,6 +38,7 @@ import torch
 
 from zrl.atomic_file import TMP_PREFIX, fsync_dir, unique_suffix, write_atomic
 from zrl.paramdb.errors import CorruptVersionError
+from zrl.paramdb.layout import numbered_entries
 from zrl.paramdb.safetensors_io import FileRecord, checksum_file, read_shard, verify_file, write_shard
 from zrl.paramdb.state import split_aliases, to_cpu
 
@@ -84,11 +85,7 @@ def step_dirname(step: int) -> str:
 
 def checkpoint_steps(directory: Path) -> list[int]:
     """Steps of the checkpoints in `directory`, ascending."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(int(match.group(1)) for match in map(STEP_DIR.match, names) if match)
+    return numbered_entries(directory, STEP_DIR)
 
 
 def latest_step(directory: Path) -> int | None:

@@ -57,13 +57,19 @@ def version_dirname(version: int) -> str:
     return f"v{version:08d}"
 
 
-def stored_versions(model_dir: Path) -> list[int]:
-    """Version numbers present under `model_dir`, ascending."""
+def numbered_entries(directory: Path, pattern: re.Pattern[str]) -> list[int]:
+    """The numbers of the entries of `directory` whose names match `pattern` (its first group), ascending; none
+    when the directory does not exist."""
     try:
-        names = os.listdir(model_dir)
+        names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return sorted(int(match.group(1)) for match in map(VERSION_DIR.match, names) if match)
+    return sorted(int(match.group(1)) for match in map(pattern.match, names) if match)
+
+
+def stored_versions(model_dir: Path) -> list[int]:
+    """Version numbers present under `model_dir`, ascending."""
+    return numbered_entries(model_dir, VERSION_DIR)
 
 
 def write_pointer(path: Path, version: int, durable: bool = True) -> None:
