@@ -2,7 +2,14 @@ import re
 
 import pytest
 
-from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, generate_examples, generate_problems
+from zrl.rl.synthetic import (
+    ALPHABET,
+    ANSWER_ROOM,
+    ArithmeticConfig,
+    generate_examples,
+    generate_problems,
+    task_config,
+)
 
 
 def _evaluate(expression: str) -> int:
@@ -74,3 +81,15 @@ def test_bad_arguments_are_named():
             assert "too small" in str(error)
             failures += 1
     assert failures == 2
+
+
+def test_the_long_task_has_answers_of_six_to_eight_lines_and_about_130_tokens():
+    examples = generate_examples("train", 300, config=task_config("long"))
+    lines = [len(e.solution.splitlines()) for e in examples]
+    tokens = [len(e.solution) + 1 for e in examples]  # characters are the tiny model's tokens, and one EOS
+    assert min(lines) == 6 and max(lines) == 8
+    assert 100 <= sum(tokens) / len(tokens) <= 160 and max(tokens) < ANSWER_ROOM["long"]
+    short = [len(e.solution) + 1 for e in generate_examples("train", 300, config=task_config("short"))]
+    assert max(short) < ANSWER_ROOM["short"]
+    with pytest.raises(ValueError, match="unknown synthetic task 'huge'; known tasks: short, long"):
+        task_config("huge")

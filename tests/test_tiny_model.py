@@ -10,9 +10,17 @@ from safetensors.torch import load_file
 
 import zrl.rl.tiny_model as tiny_model
 from zrl.rl.evaluation import score_model_dir
-from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, generate_examples, generate_problems
+from zrl.rl.synthetic import (
+    ALPHABET,
+    ANSWER_ROOM,
+    TASKS,
+    ArithmeticConfig,
+    generate_examples,
+    generate_problems,
+)
 from zrl.rl.tiny_model import (
     SHIPPED_DIR,
+    SHIPPED_DIRS,
     ShippedModelError,
     TinyModelConfig,
     build_info,
@@ -23,12 +31,16 @@ from zrl.rl.tiny_model import (
     make_tokenizer,
     rebuild,
     shipped_tiny_model,
+    tiny_model_config,
+    tiny_model_for,
     verify_checksums,
 )
 
 # The shipped model's greedy accuracy on the first 200 held-out (test) problems: the README's "What to expect"
 # states it, and every run of the default experiment starts from it.
 SHIPPED_HELDOUT_ACCURACY = 0.355
+# The long task's shipped model, the same way (200 problems, 256 new tokens): low enough that trees have room to help.
+SHIPPED_LONG_HELDOUT_ACCURACY = 0.35
 
 # A quick recipe: the tests here check the build machinery, not the model's skill.
 QUICK = TinyModelConfig(num_layers=2, train_steps=6, batch_size=4, train_examples=64, log_every=3)
@@ -114,6 +126,12 @@ def test_the_default_model_is_the_shipped_one_and_nothing_is_built(tmp_path, mon
     # The shipped build record is the default recipe's: a changed recipe or default config must be shipped anew.
     recorded = TinyModelConfig.from_build_info(build_info(SHIPPED_DIR))
     assert recorded == TinyModelConfig() and build_info(SHIPPED_DIR)["recipe"] == tiny_model.RECIPE_VERSION
+    # So is the long task's: its model comes from the package too, by its task's name.
+    for task, directory in SHIPPED_DIRS.items():
+        assert tiny_model_for(task) == directory
+        assert TinyModelConfig.from_build_info(build_info(directory)) == tiny_model_config(task)
+        assert build_info(directory)["config"]["data"] == vars(TASKS[task])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_corrupted_or_missing_shipped_file_is_named_with_what_to_do(tmp_path):
@@ -149,10 +167,11 @@ def test_the_command_line_verifies_the_shipped_model():
     result = subprocess.run([sys.executable, "-m", "zrl.rl.tiny_model", "--verify"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert f"shipped tiny model: {SHIPPED_DIR} (checksums match)" in result.stdout
+    assert f"shipped tiny model (short task): {SHIPPED_DIR} (checksums match)" in result.stdout
+    assert f"shipped tiny model (long task): {SHIPPED_DIRS['long']} (checksums match)" in result.stdout
     usage = subprocess.run([sys.executable, "-m", "zrl.rl.tiny_model", "--help"], capture_output=True, text=True,
                            timeout=120)
-    assert "--rebuild DIR" in usage.stdout and "--verify" in usage.stdout
+    assert "--rebuild DIR" in usage.stdout and "--verify" in usage.stdout and "--task" in usage.stdout
 
 
 def test_the_shipped_model_starts_at_the_accuracy_the_readme_states():
@@ -162,3 +181,12 @@ def test_the_shipped_model_starts_at_the_accuracy_the_readme_states():
     assert f"{SHIPPED_HELDOUT_ACCURACY:.3f}" in readme
     # Every answer ends in a boxed number, and the model is far from its ceiling: there is room to learn.
     assert score.answered == 1.0 and score.accuracy < 0.5
+
+
+def test_the_long_tasks_model_answers_at_length_and_has_room_to_learn():
+    problems = generate_problems("heldout", 200, config=TASKS["long"])
+    score = score_model_dir(SHIPPED_DIRS["long"], problems, ANSWER_ROOM["long"])
+    assert score.accuracy == SHIPPED_LONG_HELDOUT_ACCURACY
+    assert score.answered == 1.0 and 100 <= score.mean_response_tokens <= 160
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"{SHIPPED_LONG_HELDOUT_ACCURACY:.3f}" in readme

@@ -44,6 +44,26 @@ class ArithmeticConfig:
             raise ValueError(f"ArithmeticConfig.operators must be a non-empty subset of '+-*', got {self.operators!r}")
 
 
+TASKS = {
+    "short": ArithmeticConfig(),
+    "long": ArithmeticConfig(min_ops=5, max_ops=7),
+}
+"""The named difficulty levels. short: 2-3 operations, answers of about 45 tokens (3-4 lines). long: 5-7 operations,
+answers of about 130 tokens (6-8 lines, 84-202 tokens), long enough that the branches of a tree share a useful
+prefix."""
+
+
+ANSWER_ROOM = {"short": 64, "long": 256}
+"""Tokens of room for a greedy answer to each task: past its longest answers (61 and 202 tokens with EOS)."""
+
+
+def task_config(task: str) -> ArithmeticConfig:
+    """The difficulty of a named task; a ValueError names the known ones."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
 def _reduce_once(operands: list[int], ops: list[str]) -> tuple[str, list[int], list[str]]:
     """Apply the next operation by precedence; return the step text and the shorter expression."""
     index = ops.index("*") if "*" in ops else 0

@@ -29,17 +29,20 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from zrl.rl.synthetic import ALPHABET, ArithmeticConfig, Example, generate_examples
+from zrl.rl.synthetic import ALPHABET, TASKS, ArithmeticConfig, Example, generate_examples, task_config
 
 log = logging.getLogger(__name__)
 
 # Bump when the build recipe (code, not config) changes, so cached models are rebuilt.
 RECIPE_VERSION = 3
+LONG_TASK_WARM_START_STEPS = 1000
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 BUILD_INFO = "zrl_build.json"
 CHECKSUMS = "SHA256SUMS"
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model_files"
-"""The shipped build of the default `TinyModelConfig()`."""
+"""The shipped build of the default `TinyModelConfig()` (the short task)."""
+SHIPPED_DIRS = {"short": SHIPPED_DIR, "long": SHIPPED_DIR.with_name("tiny_model_files_long")}
+"""The shipped build of each task's tiny model (`tiny_model_config`)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,20 @@ class TinyModelConfig:
     def cache_key(self) -> str:
         payload = json.dumps({"recipe": RECIPE_VERSION, "config": dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def tiny_model_config(task: str) -> TinyModelConfig:
+    """The recipe of the tiny model for a synthetic task of `zrl.rl.synthetic.TASKS`: the long task's answers are
+    three times as long, so the warm start takes more steps of them to reach a comparable start."""
+    data = task_config(task)
+    if task == "long":
+        return TinyModelConfig(data=data, train_steps=LONG_TASK_WARM_START_STEPS, log_every=100)
+    return TinyModelConfig()
+
+
+def tiny_model_for(task: str) -> Path:
+    """The tiny model warm-started on a synthetic task: the shipped build, checked against its checksums."""
+    return build_tiny_model(config=tiny_model_config(task))
 
 
 def default_cache_dir() -> Path:
@@ -271,11 +288,12 @@ def _shipped_config_key(directory: Path) -> str | None:
 
 
 def build_tiny_model(cache_dir: Path | str | None = None, config: TinyModelConfig | None = None) -> Path:
-    """The tiny warm-started model's directory: the shipped one for the default config (checked against its
-    checksums), otherwise built by the recipe (or reused from the cache)."""
+    """The tiny warm-started model's directory: a shipped one when `config` is a shipped model's (checked against
+    its checksums), otherwise built by the recipe (or reused from the cache)."""
     config = config or TinyModelConfig()
-    if config.cache_key() == _shipped_config_key(SHIPPED_DIR):
-        return shipped_tiny_model()
+    for directory in SHIPPED_DIRS.values():
+        if config.cache_key() == _shipped_config_key(directory):
+            return shipped_tiny_model(directory)
     return build_tiny_model_from_recipe(cache_dir, config)
 
 
@@ -376,25 +394,28 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m zrl.rl.tiny_model",
-        description="The tiny built-in model: check the shipped copy, or rebuild it by the recipe and compare.")
+        description="The tiny built-in models: check the shipped copies, or rebuild one by the recipe and compare.")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--verify", action="store_true", help="check the shipped files against their checksums")
+    action.add_argument("--verify", action="store_true", help="check every shipped model against its checksums")
     action.add_argument("--rebuild", metavar="DIR", type=Path,
-                        help="build the default model by the recipe into DIR (a new directory; about 1.5 min on "
-                             "one core) and print how it differs from the shipped one")
+                        help="build a task's model by the recipe into DIR (a new directory; about 1.5 min on one "
+                             "core for the short task, 9 min for the long one) and print how it differs from the "
+                             "shipped one")
+    parser.add_argument("--task", choices=sorted(TASKS), default="short", help="which task's model to rebuild")
     parser.add_argument("--heldout", type=int, default=200,
                         help="held-out (test) problems on which --rebuild compares greedy accuracy (0: skip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.verify:
         try:
-            print(f"shipped tiny model: {shipped_tiny_model()} (checksums match)")
+            for task, directory in SHIPPED_DIRS.items():
+                print(f"shipped tiny model ({task} task): {shipped_tiny_model(directory)} (checksums match)")
         except ShippedModelError as error:
             print(f"error: {error}")
             return 1
         return 0
-    built = rebuild(args.rebuild)
-    shipped = shipped_tiny_model()
+    built = rebuild(args.rebuild, tiny_model_config(args.task))
+    shipped = shipped_tiny_model(SHIPPED_DIRS[args.task])
     difference = compare_weights(shipped, built)
     print(f"rebuilt {built} in {build_info(built)['build_s']:.0f} s")
     if difference.identical == difference.tensors:
@@ -404,11 +425,11 @@ def main(argv: list[str] | None = None) -> int:
               f"largest difference {difference.max_abs_diff:.3g}")
     if args.heldout:
         from zrl.rl.evaluation import score_model_dir
-        from zrl.rl.synthetic import generate_problems
+        from zrl.rl.synthetic import ANSWER_ROOM, generate_problems
 
-        problems = generate_problems("heldout", args.heldout)
+        problems = generate_problems("heldout", args.heldout, config=task_config(args.task))
         for label, path in (("shipped", shipped), ("rebuilt", built)):
-            score = score_model_dir(path, problems)
+            score = score_model_dir(path, problems, ANSWER_ROOM[args.task])
             print(f"{label}: greedy accuracy {score.accuracy:.3f} on {len(problems)} held-out problems "
                   f"({score.answered:.3f} answered)")
     return 0

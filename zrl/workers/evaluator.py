@@ -89,7 +89,7 @@ class EvaluatorWorker(Worker):
         started = time.perf_counter()
         if weights is not None:
             self.engine.load_weights(weights, version, adopt=True)
-        score = greedy_score(self.engine, self.tokenizer, self.problems, self.verifier, self.config.max_new_tokens)
+        score = greedy_score(self.engine, self.tokenizer, self.problems, self.verifier, self.config.answer_room())
         accuracy = score.accuracy
         seconds = time.perf_counter() - started
         self.evaluated[version] = accuracy

@@ -24,7 +24,7 @@ def run_dir(context: WorkerContext) -> Path:
 
 
 def model_path(source: ModelSource) -> Path:
-    """The model directory to start from: `source.path`, or the tiny built-in model (built once, then cached)."""
+    """The model directory to start from: `source.path`, or the tiny built-in model of `source.builtin`."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one bar per load would flood the worker logs
@@ -33,9 +33,9 @@ def model_path(source: ModelSource) -> Path:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model.path={source.path!r} is not a model directory (no config.json in it)")
         return path
-    from zrl.rl.tiny_model import build_tiny_model
+    from zrl.rl.tiny_model import tiny_model_for
 
-    return build_tiny_model()
+    return tiny_model_for(source.builtin)
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -64,9 +64,9 @@ def open_paramdb(source: ModelSource, context: WorkerContext, name_resolver: Any
 def load_problems(source: ProblemSource) -> list[Problem]:
     """Every problem of `source`, in a fixed order."""
     if source.kind == "synthetic":
-        from zrl.rl.synthetic import generate_problems
+        from zrl.rl.synthetic import generate_problems, task_config
 
-        return generate_problems(source.split, source.count, seed=source.seed, config=source.arithmetic)
+        return generate_problems(source.split, source.count, seed=source.seed, config=task_config(source.task))
     if not source.file.path:
         raise ValueError("problems.kind=file needs problems.file.path (a .jsonl or .parquet file)")
     from zrl.rl.datasets import load_problems as load_file

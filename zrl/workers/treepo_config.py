@@ -18,12 +18,13 @@ from zrl.rl.advantage import AdvantageConfig
 from zrl.rl.datasets import DatasetConfig
 from zrl.rl.loss import LossConfig
 from zrl.rl.staleness import StalenessRule
-from zrl.rl.synthetic import ArithmeticConfig
 from zrl.rl.train_step import OptimizerConfig
 from zrl.rl.tree.config import TreeSamplerConfig
 from zrl.rl.verifier import VerifierConfig
 
 EngineKind = Literal["hf", "vllm"]
+SyntheticTask = Literal["short", "long"]
+"""The names of `zrl.rl.synthetic.TASKS`."""
 STALENESS_KEYS = ("max_staleness", "prompts_per_step")
 """Fields of both `TrainerConfig` and `RolloutConfig` that make up the staleness rule."""
 
@@ -38,6 +39,9 @@ class ModelSource:
     """Root of the parameter DB; empty: the run root, so versions land in the run directory."""
     name: str = "policy"
     """Model name in the parameter DB."""
+    builtin: SyntheticTask = "short"
+    """With an empty path: which tiny built-in model, the one warm-started on the 'short' or on the 'long' synthetic
+    task."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ class ProblemSource:
     splits share a problem."""
     seed: int = 0
     """Seed of the synthetic generator."""
-    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-    """Difficulty of synthetic problems."""
+    task: SyntheticTask = "short"
+    """Difficulty of synthetic problems: 'short' (2-3 operations, answers of about 45 tokens) or 'long' (5-7
+    operations, about 130 tokens); `zrl.rl.synthetic.TASKS`."""
     file: DatasetConfig = field(default_factory=DatasetConfig)
     """The dataset file and its field layout (kind=file)."""
 
@@ -170,6 +175,8 @@ class TrainerConfig:
     save_every: int = 50
     """Write a checkpoint every this many steps (and after the last), which a relaunched or resumed trainer continues
     from."""
+    tree_picture_every: int = 100
+    """Draw one tree of the batch every this many steps (and at the first), `{run_dir}/trees/step-N.png`; 0: never."""
     keep_checkpoints: int = 2
     """Checkpoints kept in the run directory (older ones are deleted)."""
     seed: int = 0
@@ -202,10 +209,19 @@ class EvaluatorConfig:
     """The engine that answers the held-out problems (greedy)."""
     eval_every: int = 10
     """Evaluate a version at least this many versions after the previous evaluation (and the final one)."""
-    max_new_tokens: int = 64
-    """Longest greedy answer."""
+    max_new_tokens: int | None = None
+    """Longest greedy answer; None: room for the synthetic task's answers (64 tokens for short, 256 for long), 64
+    for a dataset file."""
     threads: int = 1
     """torch CPU threads of this process (0: torch's default)."""
+
+    def answer_room(self) -> int:
+        """The longest greedy answer in tokens."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        from zrl.rl.synthetic import ANSWER_ROOM
+
+        return ANSWER_ROOM[self.problems.task] if self.problems.kind == "synthetic" else ANSWER_ROOM["short"]
 
 
 def staleness_disagreements(workers: Mapping[str, WorkerGroupConfig]) -> list[str]:
