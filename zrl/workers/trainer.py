@@ -53,6 +53,7 @@ from zrl.workers.trainer_group import TrainerGroup, TrainerGroupError, join_trai
 from zrl.workers.treepo_common import (
     FINAL_TAG,
     MetricsLog,
+    load_tokenizer,
     model_path,
     open_paramdb,
     run_dir,
@@ -65,6 +66,7 @@ MAX_DRAIN = 256
 WAIT_S = 0.05
 CHECKPOINTS_DIR = "checkpoints"
 RECEIVED_FILE = "received.json"
+TREES_DIR = "trees"
 
 
 class ReceivedTree:
@@ -94,6 +96,8 @@ class TrainerWorker(Worker):
     group: TrainerGroup | None = None
     consumer: NameResolvingSampleConsumer | None = None
     metrics: MetricsLog | None = None
+    tokenizer: Any = None
+    """Loaded at the first tree picture."""
 
     def _configure(self, config: TrainerConfig) -> None:
         import torch
@@ -351,10 +355,27 @@ class TrainerWorker(Worker):
         })
         self.wait_s = 0.0
         self.metrics.write("train", self.step, metrics)
+        every = config.tree_picture_every
+        if every and (self.step % every == 0 or self.step == 1):
+            self._draw_tree(batch)
         eta = (config.total_steps - self.step) * (now - self.started) / (self.step - (self.resumed_from or 0))
         self.headline = {"step": f"{self.step}/{config.total_steps}", "reward": f"{metrics['reward_mean']:+.2f}",
                          "acc": f"{metrics['accuracy']:.2f}", "traj/s": f"{n / step_s:.0f}",
                          "stale": f"{np.mean(staleness):.1f}", "eta": _duration(eta)}
+
+    def _draw_tree(self, batch: list[ReceivedTree]) -> None:
+        """A picture of the most telling tree of the batch; a failure to draw is logged and training goes on."""
+        from zrl.rl.tree.picture import draw_tree, most_telling_tree
+
+        try:
+            if self.tokenizer is None:
+                self.tokenizer = load_tokenizer(model_path(self.config.model))
+            tree = most_telling_tree([item.tree.trajectories for item in batch])
+            prompt = self.tokenizer.decode(tree[0].prompt_ids, skip_special_tokens=True).strip()
+            path = run_dir(self.context) / TREES_DIR / f"step-{self.step}.png"
+            draw_tree(tree, self.tokenizer.decode, f"step {self.step}, version {self.version}: {prompt}", path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.logger.error("could not draw a tree at step %d: %s", self.step, exc)
 
     def _push(self) -> float:
         started = time.perf_counter()
