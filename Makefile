@@ -5,7 +5,7 @@ STAMP := $(VENV)/.zrl-installed
 EXPERIMENT ?= experiments/treepo_math.py
 ARGS ?=
 
-.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning bench-learning-sweep bench-packing clean
+.PHONY: setup run test lint bench bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-overlap bench-control bench-learning bench-learning-sweep bench-packing bench-sampling bench-sampling-sweep clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,9 @@ bench-controller: $(STAMP)
 bench-paramdb: $(STAMP)
 	$(PY) benchmarks/paramdb.py
 
+# Tree vs independent sampling on the long task: hf with and without prefix reuse, and vLLM; about 6 min.
 bench-tree: $(STAMP)
-	$(PY) benchmarks/tree_sampling.py
+	$(PY) benchmarks/tree_sampling.py $(ARGS)
 
 bench-packing: $(STAMP)
 	$(PY) benchmarks/tree_training.py $(ARGS)
@@ -59,6 +60,14 @@ bench-learning-sweep: $(STAMP)
 bench-learning: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
 	$(PY) benchmarks/learning.py report $(ARGS)
+
+# Trees or independent samples on the long task: every arm once on the validation split, about 25 min.
+bench-sampling-sweep: $(STAMP)
+	$(PY) benchmarks/sampling_ab.py sweep $(ARGS)
+
+# The best tree arm and the best independent arm of that sweep, 3 seeds each on the test split, about 30 min.
+bench-sampling: $(STAMP)
+	$(PY) benchmarks/sampling_ab.py report $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-peer .pytest_cache .hypothesis
