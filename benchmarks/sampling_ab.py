@@ -135,15 +135,20 @@ def render(saved: dict, no_doc: bool) -> None:
         if minute >= 2:
             at_least.append(lead >= 0)
         rows.append([str(minute), _fmt(at["tree"]), _fmt(at["independent"]), f"{lead * 100:+.1f}"])
+    ends = {kind: [curve[-1][0] / 60 for curve in runs[kind]] for kind in runs}
     body = (f"Greedy accuracy on the **held-out test** split (200 problems) against minutes of training, "
             f"{len(seeds)} seeds per arm ({', '.join(map(str, seeds))}): mean (lowest-highest). {_settings_text()}; "
             f"trees {saved['steps']['tree']} steps, independent {saved['steps']['independent']} (the steps each made in "
-            "the same time in the sweep: equal wall-clock); trees: `{arms['tree']}` ({' '.join(ARMS[arms['tree']])}), independent: "
+            f"the same time in the sweep: equal wall-clock); trees: `{arms['tree']}` ({' '.join(ARMS[arms['tree']])}), "
+            "independent: "
             f"`{arms['independent']}` ({' '.join(ARMS[arms['independent']])}), each the best of its kind on the "
             f"validation split (section below, {saved['chosen_on']}).\n\n"
             + markdown_table(["minute", "trees", "independent", "trees - independent (points)"], rows)
             + f"\n\n- Trees at least as good as independent samples (means) at every minute from the second on: "
-            f"**{'yes' if all(at_least) else 'no'}**\n\nCurves (accuracy@minute; exact times in "
+            f"**{'yes' if all(at_least) else 'no'}**"
+            + "\n- Runs ended (minutes of training): "
+            + "; ".join(f"{kind} " + ", ".join(f"{m:.1f}" for m in ends[kind]) for kind in runs)
+            + " (a run that has ended keeps its last evaluation)\n\nCurves (accuracy@minute; exact times in "
             "`benchmarks/sampling_ab_runs.json`):\n\n"
             + "\n".join(f"- {kind} seed {seed}: {_curve_text(curve)}"
                         for kind in runs for seed, curve in zip(seeds, runs[kind], strict=True)) + "\n")

