@@ -84,7 +84,9 @@ class TreepoRun:
                     state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] if args else "Z"
                 except (OSError, IndexError):
                     continue
-                if state != "Z" and b"zrl.workers" in args and self.trial.encode() in args:
+                # A Slurm step's `srun` carries the worker's command line too; it is Slurm's, not a worker.
+                if (state != "Z" and b"zrl.workers" in args and self.trial.encode() in args
+                        and Path(args[0].decode(errors="replace")).name != "srun"):
                     group, index = (args[args.index(flag) + 1].decode() for flag in (b"--group", b"--index"))
                     pids[f"{group}/{index}"] = int(entry.name)
             if not pids or time.monotonic() >= deadline:

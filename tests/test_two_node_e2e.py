@@ -106,7 +106,8 @@ def test_a_sigkilled_controller_leaves_nothing_on_either_node(tmp_path: Path, tw
         run.process.wait()
         killed_at = time.monotonic()
         # The lease lapses lease_s after the kill (its TTL, then as long again absent), and each worker exits.
-        assert wait_until(lambda: not run.worker_pids(), LEASE_S + EXIT_GRACE_S + 10), run.worker_pids()
+        # Slack for a loaded machine: alone the workers are gone about 12 s after the kill.
+        assert wait_until(lambda: not run.worker_pids(), LEASE_S + EXIT_GRACE_S + 20), run.worker_pids()
         workers_gone_s = time.monotonic() - killed_at
         assert wait_until(lambda: not trial_jobs(cluster, run.trial), 20), trial_jobs(cluster, run.trial)
         print(f"workers gone {workers_gone_s:.1f} s, jobs gone {time.monotonic() - killed_at:.1f} s after the kill")
