@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 from conftest import redis_server  # noqa: F401
 
 from zrl.nameresolve import make_name_resolver
-from zrl.workers.lifeline import Lifeline
+from zrl.workers.lifeline import EXIT_CODE, Lifeline
 
 LEASE = "zrl/exp/trial/controller/lease"
 
@@ -40,3 +42,39 @@ def test_a_lease_counts_as_missing_from_when_the_name_service_answers_not_from_b
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
         resolver.close()
+
+
+HUNG_WORKER = """
+import multiprocessing, time
+from zrl.nameresolve import make_name_resolver
+from zrl.workers.lifeline import EXIT_CODE, Lifeline
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+    child.start()
+    print(child.pid, flush=True)
+    resolver = make_name_resolver("memory://lifeline-children")
+    Lifeline(lambda: None, exit_grace_s=0.5, resolver=resolver, lease_name="exp/trial/controller",
+             lease_s=1.0).start()
+    time.sleep(600)  # a main thread that never comes back to exit
+"""
+
+
+def test_a_hard_exit_takes_the_workers_own_processes_with_it(tmp_path):
+    script = tmp_path / "hung_worker.py"
+    script.write_text(HUNG_WORKER)
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(worker.stdout.readline())
+    assert worker.wait(timeout=60) == EXIT_CODE
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid), f"the worker's child {child_pid} outlived the worker's hard exit"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -92,4 +93,8 @@ class Lifeline:
             handler.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
+        # The worker's own processes (a verifier pool) would outlive a hard exit: a pool's workers hold both ends
+        # of their task queue, so they never see it close, and a Slurm step lasts as long as any of them.
+        for child in multiprocessing.active_children():
+            child.kill()
         os._exit(EXIT_CODE)
