@@ -10,6 +10,7 @@ import threading
 import time
 
 from conftest import redis_server  # noqa: F401
+from test_controller_e2e import alive
 
 from zrl.nameresolve import make_name_resolver
 from zrl.workers.lifeline import EXIT_CODE, Lifeline
@@ -67,14 +68,7 @@ def test_a_hard_exit_takes_the_workers_own_processes_with_it(tmp_path):
     child_pid = int(worker.stdout.readline())
     assert worker.wait(timeout=60) == EXIT_CODE
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(child_pid):
+    while time.monotonic() < deadline and alive(child_pid):
         time.sleep(0.1)
-    assert not _alive(child_pid), f"the worker's child {child_pid} outlived the worker's hard exit"
+    assert not alive(child_pid), f"the worker's child {child_pid} outlived the worker's hard exit"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
