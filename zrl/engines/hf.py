@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from zrl.engines.base import Engine, GenerationRequest, GenerationResult
 from zrl.engines.prefix_cache import LayerKV, PrefixKVCache
+from zrl.engines.reserved_cache import ReservedLayer, reserved_cache
 
 
 @dataclass(frozen=True)
@@ -250,12 +251,13 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        room = max(r.max_new_tokens for r in requests)
         if self._prefix_cache is None:
             ids, mask, positions = self._left_padded([r.prefix_ids for r in requests], [0] * len(requests))
-            return self._decode(requests, ids, mask, positions, None)
+            return self._decode(requests, ids, mask, positions, reserved_cache(room))
         # Every prefix but its last token comes from the cache (computed first where missing); the first forward
         # then feeds one token per row.
-        past, mask = self._stack_kv(self._prefix_kv(requests))
+        past, mask = self._stack_kv(self._prefix_kv(requests), room)
         ids = torch.tensor([[r.prefix_ids[-1]] for r in requests], device=self.device)
         positions = torch.tensor([[len(r.prefix_ids) - 1] for r in requests], device=self.device)
         mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=mask.dtype, device=self.device)], dim=1)
@@ -307,7 +309,7 @@ class HFEngine(Engine):
         bases = [cache.longest_prefix(key) for key in keys]
         cache.stats.reused_tokens += sum(length for length, _ in bases)
         cache.stats.computed_tokens += sum(len(key) - length for key, (length, _) in zip(keys, bases, strict=True))
-        past, past_mask = self._stack_kv([entry for _, entry in bases])
+        past, past_mask = self._stack_kv([entry for _, entry in bases], room=0)
         ids, mask, positions = self._left_padded([list(key[length:]) for key, (length, _) in zip(keys, bases,
                                                                                               strict=True)],
                                                  [length for length, _ in bases])
@@ -320,29 +322,30 @@ class HFEngine(Engine):
             cache.put(key, computed[key])
         return computed
 
-    def _stack_kv(self, rows: list[list[LayerKV] | None]) -> tuple[DynamicCache | None, torch.Tensor]:
-        """One left-padded batch cache of per-row keys and values (None: no tokens), and its attention mask."""
+    def _stack_kv(self, rows: list[list[LayerKV] | None], room: int) -> tuple[DynamicCache, torch.Tensor]:
+        """One left-padded batch cache of per-row keys and values (None: no tokens) with room for `room` more
+        tokens, and its attention mask."""
         lengths = [entry[0][0].shape[1] if entry else 0 for entry in rows]
         width = max(lengths)
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
         for row, length in enumerate(lengths):
             mask[row, width - length :] = 1
         if width == 0:
-            return None, mask
+            return reserved_cache(room), mask
         template = next(entry for entry in rows if entry)
-        past = DynamicCache()
+        layers = []
         for layer, (layer_keys, layer_values) in enumerate(template):
-            keys = layer_keys.new_zeros((len(rows), layer_keys.shape[0], width, layer_keys.shape[2]))
-            values = layer_values.new_zeros((len(rows), layer_values.shape[0], width, layer_values.shape[2]))
+            keys = layer_keys.new_zeros((len(rows), layer_keys.shape[0], width + room, layer_keys.shape[2]))
+            values = layer_values.new_zeros((len(rows), layer_values.shape[0], width + room, layer_values.shape[2]))
             for row, entry in enumerate(rows):
                 if entry:
-                    keys[row, :, width - lengths[row] :] = entry[layer][0]
-                    values[row, :, width - lengths[row] :] = entry[layer][1]
-            past.update(keys, values, layer)
-        return past, mask
+                    keys[row, :, width - lengths[row] : width] = entry[layer][0]
+                    values[row, :, width - lengths[row] : width] = entry[layer][1]
+            layers.append(ReservedLayer.filled(keys, values, width, room))
+        return reserved_cache(room, layers), mask
 
     def _decode(self, requests: list[GenerationRequest], step_ids: torch.Tensor, mask: torch.Tensor,
-                step_positions: torch.Tensor, past: DynamicCache | None) -> list[GenerationResult]:
+                step_positions: torch.Tensor, past: DynamicCache) -> list[GenerationResult]:
         """Sample until every row ends, feeding `step_ids` first; with the prefix cache on, a row that stops at
         its token limit leaves its keys and values there for the request that continues it."""
         rows = len(requests)
@@ -406,6 +409,6 @@ class HFEngine(Engine):
 
 
 def _row_kv(past: DynamicCache, row: int, row_mask: torch.Tensor) -> list[LayerKV]:
-    """One row's keys and values at its unmasked positions, copied out of a batch cache."""
+    """One row's keys and values at its unmasked positions, copied out of a batch cache (a boolean index copies)."""
     valid = row_mask.bool()
-    return [(layer.keys[row][:, valid].clone(), layer.values[row][:, valid].clone()) for layer in past.layers]
+    return [(layer.keys[row][:, valid], layer.values[row][:, valid]) for layer in past.layers]
