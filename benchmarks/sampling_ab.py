@@ -1,17 +1,18 @@
 """Trees against independent samples: which way of sampling learns more per minute on the long task, by the same
 protocol as the learning benchmark (choose on the validation split, report on the test set, at least 3 seeds).
 
-    python benchmarks/sampling_ab.py sweep  [--minutes 5] [--steps 300]    # make bench-sampling-sweep
+    python benchmarks/sampling_ab.py sweep  [--minutes 5] [--steps 400] [--tree-steps 600]  # make bench-sampling-sweep
     python benchmarks/sampling_ab.py report [--seeds 0 1 2]                # make bench-sampling
     python benchmarks/sampling_ab.py render                                # the report again from the saved curves
 
 Every run is `experiments/treepo_math.py` with `task=long` (answers of about 130 tokens), 16 trajectories per
 problem, 4 problems per step, the same learning rate and schedule, and one arm's sampling and credit settings. The
-sweep runs every arm once for `--steps` steps; the best tree arm and the best independent arm (by mean validation
+sweep runs every arm once, an independent arm for `--steps` steps and a tree arm for `--tree-steps` (trees make
+more steps per minute, so that both kinds are measured over the whole `--minutes`); the best tree arm and the best independent arm (by mean validation
 accuracy at minutes 1..M) go to `benchmarks/sampling_ab_choice.json`. The report runs those two with every seed on
 the held-out split, each for as many steps as it made in the sweep in the time the slower of the two took (equal
 wall-clock), and writes the "sampling_ab" section of docs/benchmarks.md: per minute the mean and
-range over seeds, and whether trees are at least as good at every minute from the second on. Runs go one after the
+range over seeds, and whether trees are at least as good at every minute after the first two. Runs go one after the
 other, each with the whole machine; times count from the first training step.
 """
 
@@ -37,15 +38,15 @@ ARMS: dict[str, tuple[str, ...]] = {
                                      "advantage_scale=tree"),
     "independent, batch scale": ("tree.mode=independent", "tree.segment_len=32", "credit=trajectory",
                                  "advantage_scale=batch"),
-    "tree l=32, segment credit": ("tree.mode=tree", "tree.segment_len=32", "credit=segment", "advantage_scale=tree"),
     "tree l=32, trajectory credit": ("tree.mode=tree", "tree.segment_len=32", "credit=trajectory",
                                      "advantage_scale=tree"),
-    "tree l=32, trajectory credit, batch scale": ("tree.mode=tree", "tree.segment_len=32", "credit=trajectory",
-                                                  "advantage_scale=batch"),
-    "tree l=32, segment credit, batch scale": ("tree.mode=tree", "tree.segment_len=32", "credit=segment",
-                                               "advantage_scale=batch"),
-    "tree l=48, segment credit": ("tree.mode=tree", "tree.segment_len=48", "tree.max_depth=6", "credit=segment",
-                                  "advantage_scale=tree"),
+    "tree l=32, trajectory credit, 4 initial paths": ("tree.mode=tree", "tree.segment_len=32", "tree.branching=4",
+                                                      "credit=trajectory", "advantage_scale=tree"),
+    "tree l=32, trajectory credit, 2-8 initial paths": ("tree.mode=tree", "tree.segment_len=32",
+                                                        "tree.random_initial_divergence=true", "credit=trajectory",
+                                                        "advantage_scale=tree"),
+    "tree l=32, segment credit, 4 initial paths": ("tree.mode=tree", "tree.segment_len=32", "tree.branching=4",
+                                                   "credit=segment", "advantage_scale=tree"),
 }
 LR = 8e-5
 
@@ -74,26 +75,30 @@ def _settings_text() -> str:
 
 def sweep(args: argparse.Namespace) -> None:
     curves: dict[str, Curve] = {}
+    steps = {arm: args.tree_steps if is_tree(arm) else args.steps for arm in ARMS}
     if args.keep and CHOICE_FILE.exists():
         # The arms run before with the same seed and length stay; only the others run.
         saved = json.loads(CHOICE_FILE.read_text())
-        if (saved["seed"], saved["steps"]) == (args.seed, args.steps):
-            curves = {arm: [tuple(p) for p in curve] for arm, curve in saved["curves"].items() if arm in ARMS}
+        curves = {arm: [tuple(p) for p in curve] for arm, curve in saved["curves"].items()
+                  if arm in ARMS and saved["seed"] == args.seed and saved["steps"].get(arm) == steps[arm]}
     with tempfile.TemporaryDirectory(prefix="zrl-sampling-ab-") as tmp:
         for arm in ARMS:
             if arm not in curves:
-                curves[arm] = run_arm(arm, args.seed, "validation", args.steps, Path(tmp))
+                curves[arm] = run_arm(arm, args.seed, "validation", steps[arm], Path(tmp))
     scores = {arm: mean_after_first_minute(curve, args.minutes) for arm, curve in curves.items()}
     chosen = {kind: best_setting({arm: [score] for arm, score in scores.items() if is_tree(arm) == (kind == "tree")})
               for kind in ("tree", "independent")}
     CHOICE_FILE.write_text(json.dumps({
-        "split": "validation", "minutes": args.minutes, "steps": args.steps, "seed": args.seed,
+        "split": "validation", "minutes": args.minutes, "steps": steps, "seed": args.seed,
         "measured": datetime.date.today().isoformat(), "chosen": chosen,
         "scores": {arm: round(score, 4) for arm, score in scores.items()}, "curves": curves}, indent=1) + "\n")
-    rows = [[arm, " ".join(f"`{o}`" for o in ARMS[arm]), f"{scores[arm]:.3f}"] for arm in ARMS]
-    body = (f"Sampling sweep on the **validation** split (200 problems), seed {args.seed}, one run per arm of "
-            f"{args.steps} steps; {_settings_text()}. Score: mean greedy accuracy at minutes 1..{args.minutes:g}.\n\n"
-            + markdown_table(["arm", "overrides", "score"], rows)
+    rows = [[arm, " ".join(f"`{o}`" for o in ARMS[arm]), str(steps[arm]), f"{curves[arm][-1][0] / 60:.1f}",
+             f"{scores[arm]:.3f}"] for arm in ARMS]
+    body = (f"Sampling sweep on the **validation** split (200 problems), seed {args.seed}, one run per arm: "
+            f"{args.steps} steps for independent samples, {args.tree_steps} for trees (they make more steps per "
+            f"minute); {_settings_text()}. Score: mean greedy accuracy at minutes 1..{args.minutes:g} (a run that "
+            "has ended keeps its last evaluation).\n\n"
+            + markdown_table(["arm", "overrides", "steps", "minutes", "score"], rows)
             + f"\n\nChosen: trees `{chosen['tree']}`, independent `{chosen['independent']}` (in "
             "`benchmarks/sampling_ab_choice.json`, read by the report).\n\nCurves (accuracy@minute):\n\n"
             + "\n".join(f"- {arm}: {_curve_text(curve)}" for arm, curve in curves.items()) + "\n")
@@ -112,7 +117,7 @@ def report(args: argparse.Namespace) -> None:
     # Equal wall-clock: each arm runs as many steps as it made in the time the slower arm took in the sweep (a
     # curve's last evaluation is the run's end), its learning-rate schedule stretched over them.
     seconds = {kind: choice["curves"][arm][-1][0] for kind, arm in arms.items()}
-    steps = {kind: round(choice["steps"] * max(seconds.values()) / seconds[kind]) for kind in arms}
+    steps = {kind: round(choice["steps"][arm] * max(seconds.values()) / seconds[kind]) for kind, arm in arms.items()}
     runs: dict[str, list[Curve]] = {kind: [] for kind in arms}
     with tempfile.TemporaryDirectory(prefix="zrl-sampling-ab-") as tmp:
         for seed in args.seeds:
@@ -132,7 +137,7 @@ def render(saved: dict, no_doc: bool) -> None:
     for minute in minutes_grid(minutes):
         at = {kind: spread([accuracy_at(curve, 60.0 * minute) for curve in runs[kind]]) for kind in runs}
         lead = at["tree"][0] - at["independent"][0]
-        if minute >= 2:
+        if minute > 2:
             at_least.append(lead >= 0)
         rows.append([str(minute), _fmt(at["tree"]), _fmt(at["independent"]), f"{lead * 100:+.1f}"])
     ends = {kind: [curve[-1][0] / 60 for curve in runs[kind]] for kind in runs}
@@ -144,7 +149,7 @@ def render(saved: dict, no_doc: bool) -> None:
             f"`{arms['independent']}` ({' '.join(ARMS[arms['independent']])}), each the best of its kind on the "
             f"validation split (section below, {saved['chosen_on']}).\n\n"
             + markdown_table(["minute", "trees", "independent", "trees - independent (points)"], rows)
-            + f"\n\n- Trees at least as good as independent samples (means) at every minute from the second on: "
+            + f"\n\n- Trees at least as good as independent samples (means) at every minute after the first two: "
             f"**{'yes' if all(at_least) else 'no'}**"
             + "\n- Runs ended (minutes of training): "
             + "; ".join(f"{kind} " + ", ".join(f"{m:.1f}" for m in ends[kind]) for kind in runs)
@@ -162,7 +167,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("sweep", "report", "render"))
     parser.add_argument("--minutes", type=float, default=5.0, help="minutes of training over which curves are compared")
-    parser.add_argument("--steps", type=int, default=300, help="sweep: the run length of every arm, in steps")
+    parser.add_argument("--steps", type=int, default=400, help="sweep: the run length of an independent arm, in steps")
+    parser.add_argument("--tree-steps", type=int, default=600, help="sweep: the run length of a tree arm, in steps")
     parser.add_argument("--seed", type=int, default=0, help="sweep: the seed of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="report: seeds per arm (>= 3)")
     parser.add_argument("--keep", action="store_true",

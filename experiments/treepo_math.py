@@ -76,7 +76,8 @@ ALIASES = {
     "eval_every": _each(("evaluator",), "eval_every") + _each(("trainer",), "tree_picture_every"),
     "max_new_tokens": _each(("evaluator",), "max_new_tokens"),
     **{f"tree.{key}": _each(("rollout",), f"tree.{key}")
-       for key in ("width", "segment_len", "max_depth", "branching", "mode", "temperature", "split")},
+       for key in ("width", "segment_len", "max_depth", "branching", "mode", "temperature", "split",
+                   "random_initial_divergence", "divergence_min", "divergence_max")},
 }
 
 
