@@ -57,7 +57,7 @@ def test_every_bad_override_is_reported_at_once_naming_its_key():
     assert len(errors) == 7
     assert errors[0].startswith("workers.nonexistent: unknown key; allowed: consumer, producer, server")
     assert errors[1] == "workers.producer.count: expected an int, got 'abc'"
-    assert errors[2] == "scheduler: 'kubernetes' is not allowed; allowed values: local, slurm"
+    assert errors[2] == "scheduler: 'kubernetes' is not allowed; allowed values: local, slurm, ray"
     assert errors[3].startswith("workers.producer.config.nope: unknown key; allowed: inference_stream")
     assert "key=value" in errors[4]
     assert errors[5].startswith("workers.producer.resources: is a section; set one of its keys: cpus, memory_mb")

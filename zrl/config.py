@@ -22,7 +22,7 @@ PARENT_PID_ENV = "ZRL_PARENT_PID"
 
 RestartPolicy = Literal["never", "on_failure"]
 ResumePolicy = Literal["never", "auto"]
-SchedulerName = Literal["local", "slurm"]
+SchedulerName = Literal["local", "slurm", "ray"]
 CurveSetting = Literal["off", "on"]
 
 
@@ -74,6 +74,35 @@ class SlurmPlacement:
     """Extra lines for this group's sbatch script only, after slurm.extra_sbatch_lines (e.g. '#SBATCH --qos=high')."""
 
 
+RayStrategy = Literal["", "pack", "spread", "strict_pack", "strict_spread"]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str = "auto"
+    """The Ray cluster: 'auto' (the cluster this machine belongs to, or $RAY_ADDRESS), host:port of its head (GCS),
+    or ray://host:port (Ray Client, from a machine outside the cluster)."""
+    namespace: str = "zrl"
+    """Ray namespace of the run's actors."""
+    poll_interval_s: float = 1.0
+    """Seconds between polls of the workers' actors."""
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """Where Ray may put one worker group's workers (scheduler=ray), in the shape of the Slurm placement."""
+
+    node_id: str = ""
+    """The Ray node id (hex) every worker of the group must run on."""
+    labels: tuple[str, ...] = ()
+    """Node labels the workers need, as key=value entries (nodes get them with `ray start --labels`)."""
+    resource: str = ""
+    """A custom resource the nodes must have (`ray start --resources='{"name": n}'`); each worker takes 0.001."""
+    strategy: RayStrategy = ""
+    """How the group's workers share nodes: pack, spread, strict_pack (one node) or strict_spread (one node each),
+    by a placement group that reserves the group's resources; empty: Ray's default placement, worker by worker."""
+
+
 @dataclass(frozen=True)
 class WorkerGroupConfig:
     type: str = ""
@@ -96,6 +125,8 @@ class WorkerGroupConfig:
     """Groups configured and started before this one (for example the servers a client connects to)."""
     slurm: SlurmPlacement = field(default_factory=SlurmPlacement)
     """Where Slurm places this group (scheduler=slurm): nodes, features, whole nodes, workers per node."""
+    ray: RayPlacement = field(default_factory=RayPlacement)
+    """Where Ray places this group (scheduler=ray): a node, node labels, a custom resource, pack or spread."""
     config: Any = None
     """The worker type's own config dataclass (None: that class's defaults)."""
 
@@ -150,7 +181,8 @@ class ExperimentConfig:
     name_resolve_password_file: str = ""
     """File whose first line is the name service's password (Redis AUTH), used when name_resolve holds none."""
     scheduler: SchedulerName = "local"
-    """How workers are launched: 'local' (subprocesses) or 'slurm' (sbatch jobs)."""
+    """How workers are launched: 'local' (subprocesses), 'slurm' (sbatch jobs) or 'ray' (processes owned by Ray
+    actors on a Ray cluster)."""
     run_root: str = "runs"
     """Directory that holds runs/{experiment}/{trial}/ (resolved config, worker logs, summary)."""
     worker_host: str = "127.0.0.1"
@@ -164,6 +196,8 @@ class ExperimentConfig:
     """Controller waits and failure-detection bounds."""
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     """Options of the slurm scheduler."""
+    ray: RayOptions = field(default_factory=RayOptions)
+    """Options of the ray scheduler."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     """Protection of the run's sockets."""
     workers: dict[str, WorkerGroupConfig] = field(default_factory=dict)

@@ -60,7 +60,7 @@ def dry_run_text(config: ExperimentConfig) -> str:
     from zrl.controller.schedulers import make_scheduler
 
     paths = RunPaths.for_config(config)
-    scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
+    scheduler = make_scheduler(config.scheduler, paths.root, config.slurm, config.ray)
     order = " -> ".join("+".join(level) for level in group_levels(config))
     return redact_text(f"resolved config:\n{json.dumps(redact_plain(to_plain(config)), indent=2)}\n\n"
                        f"run directory: {paths.root}\nname service: {name_resolve_url(config, paths)}\n"
@@ -108,7 +108,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def placement_refusal(config: ExperimentConfig) -> str | None:
-    """Why workers placed by the cluster could not reach each other at `worker_host` (asks Slurm), or None."""
+    """Why the workers could not be placed, before anything starts, or None: Slurm is asked whether workers could
+    reach each other at `worker_host`; a Ray cluster must answer at `ray.address`."""
+    if config.scheduler == "ray":
+        from zrl.controller.schedulers.ray_cluster import RayUnavailable, connect
+
+        try:
+            connect(config.ray)
+        except RayUnavailable as exc:
+            return str(exc)
+        return None
     if config.scheduler != "slurm":
         return None
     from zrl.controller.submit import SlurmError, check_worker_host
@@ -160,7 +169,7 @@ def run(config: ExperimentConfig) -> int:
     verb = "resuming" if config.resume == "auto" else "running"
     print(f"{verb} {config.experiment}/{config.trial} in {paths.root}", flush=True)
     try:
-        scheduler = make_scheduler(config.scheduler, paths.root, config.slurm)
+        scheduler = make_scheduler(config.scheduler, paths.root, config.slurm, config.ray)
         return Controller(config, scheduler, resolver).run()
     finally:
         resolver.close()

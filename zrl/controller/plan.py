@@ -96,7 +96,8 @@ def worker_launch(config: ExperimentConfig, paths: RunPaths, group: str, index: 
     return WorkerLaunch(group=group, index=index, argv=argv,
                         env={"PYTHONUNBUFFERED": "1", NAME_RESOLVE_ENV: name_resolve_url(config, paths),
                              CONTROL_KEY_FILE_ENV: str(paths.control_key.resolve())},
-                        log_path=paths.log(group, index), resources=spec.resources, slurm=spec.slurm)
+                        log_path=paths.log(group, index), resources=spec.resources, slurm=spec.slurm,
+                        ray=spec.ray)
 
 
 def launch_plan(config: ExperimentConfig, paths: RunPaths) -> list[WorkerLaunch]:

@@ -137,9 +137,12 @@ class Controller:
                 return
             self._check_processes()
             if time.monotonic() > deadline:
+                held = [f"{w}: {job.state.value}" + (f" ({job.detail})" if job.detail else "")
+                        for w in sorted(waiting) if (job := self.job_states.get(w)) is not None]
                 raise TimeoutError(f"workers {sorted(waiting)} did not register within "
                                    f"{self.config.timeouts.register_s:g} s (timeouts.register_s); see their logs in "
-                                   f"{self.paths.root / 'logs'}")
+                                   f"{self.paths.root / 'logs'}" + (f"; the scheduler says {'; '.join(held)}"
+                                                                    if held else ""))
             time.sleep(0.02)
 
     def _configure_and_start(self, worker_ids: list[str]) -> None:

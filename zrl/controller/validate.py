@@ -11,6 +11,7 @@ from pathlib import Path
 
 from zrl.config import ExperimentConfig
 from zrl.controller.overrides import ConfigError, key_exists
+from zrl.controller.schedulers.ray_options import ray_option_errors, ray_placement_errors
 from zrl.controller.schedulers.sbatch import placement_errors
 from zrl.hosts import unreachable_host_reason
 from zrl.nameresolve import SUPPORTED_SCHEMES, names
@@ -60,13 +61,14 @@ def validate(config: ExperimentConfig) -> None:
                               f"run_root={config.run_root})")
     if config.name_resolve:
         scheme = config.name_resolve.split("://", 1)[0] if "://" in config.name_resolve else ""
-        if scheme == "memory" and config.scheduler == "slurm":
-            errors.append("name_resolve: memory:// lives inside one process, but scheduler=slurm runs every worker "
+        if scheme == "memory" and config.scheduler in ("slurm", "ray"):
+            errors.append(f"name_resolve: memory:// lives inside one process, but scheduler={config.scheduler} runs every worker "
                           "as its own process, possibly on another node; use file:///dir on a filesystem that all "
                           "nodes share, or redis://host:port/db")
         elif scheme not in SUPPORTED_SCHEMES or scheme == "memory":
             errors.append(f"name_resolve: {config.name_resolve.split('@')[-1]!r} is not a URL that worker processes "
                           "can share; use file:///dir or redis://host:port/db")
+    errors += [f"ray.{problem}" for problem in ray_option_errors(config.ray)]
     if config.name_resolve_password_file and not config.name_resolve.lower().startswith(("redis://", "rediss://")):
         errors.append("name_resolve_password_file: only a redis:// or rediss:// name_resolve takes a password")
     refusal = unreachable_host_reason(config.worker_host)
@@ -136,6 +138,7 @@ def _group_errors(config: ExperimentConfig, name: str) -> list[str]:
     if not (math.isfinite(group.restart_backoff_s) and group.restart_backoff_s >= 0):
         errors.append(f"{key}.restart_backoff_s: must be a finite number >= 0, got {group.restart_backoff_s}")
     errors += [f"{key}.slurm.{problem}" for problem in placement_errors(group.slurm)]
+    errors += [f"{key}.ray.{problem}" for problem in ray_placement_errors(group.ray)]
     for i, other in enumerate(group.after):
         if other not in config.workers or other == name:
             errors.append(f"{key}.after[{i}]: {other!r} is not another worker group; groups: "

@@ -1,8 +1,9 @@
 """The schedulers: how the controller starts, watches and stops worker processes.
 
 `base.py` holds the interface (`Scheduler`, `WorkerLaunch`, `JobState`, `WorkerJobStatus`), `factory.py`
-`make_scheduler`, `local.py` the local scheduler, `slurm.py` the Slurm scheduler, `sbatch.py` its job scripts and
-`slurm_commands.py` the Slurm client calls. Importing this package loads only the interface and the factory; the
+`make_scheduler`, `processes.py` what the process-running schedulers share, `local.py` the local scheduler,
+`slurm.py` the Slurm scheduler, `sbatch.py` its job scripts, `slurm_commands.py` the Slurm client calls,
+`ray_cluster.py` the Ray scheduler and `ray_host.py` its actor on each node. Importing this package loads only the interface and the factory; the
 schedulers themselves are imported on first use, as `make_scheduler` does.
 """
 
@@ -24,6 +25,7 @@ from zrl.controller.schedulers.factory import SCHEDULERS, make_scheduler
 
 if TYPE_CHECKING:
     from zrl.controller.schedulers.local import LocalScheduler
+    from zrl.controller.schedulers.ray_cluster import RayScheduler
     from zrl.controller.schedulers.slurm import SlurmScheduler
     from zrl.controller.schedulers.slurm_commands import SlurmError
 
@@ -31,9 +33,10 @@ _LAZY = {
     "LocalScheduler": "zrl.controller.schedulers.local",
     "SlurmScheduler": "zrl.controller.schedulers.slurm",
     "SlurmError": "zrl.controller.schedulers.slurm_commands",
+    "RayScheduler": "zrl.controller.schedulers.ray_cluster",
 }
 
-__all__ = ["SCHEDULERS", "JobState", "LocalScheduler", "Resources", "Scheduler", "SlurmError", "SlurmOptions",
+__all__ = ["SCHEDULERS", "JobState", "LocalScheduler", "RayScheduler", "Resources", "Scheduler", "SlurmError", "SlurmOptions",
            "SlurmPlacement", "SlurmScheduler", "WorkerJobStatus", "WorkerLaunch", "make_scheduler"]
 
 

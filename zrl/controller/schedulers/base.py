@@ -1,6 +1,7 @@
 """The scheduler interface: how the controller starts, watches and stops worker processes.
 
-Implementations: `local` (one subprocess per worker) and `slurm` (one sbatch job per worker group). The controller
+Implementations: `local` (one subprocess per worker), `slurm` (one sbatch job per worker group) and `ray` (one
+Ray actor per worker, which runs the worker's process on its node). The controller
 builds a `WorkerLaunch` for every worker (the exact argv, the explicit environment, the log file and the resources)
 and never imports a worker implementation; a scheduler only runs those commands somewhere and reports their state.
 """
@@ -12,9 +13,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zrl.config import Resources, SlurmOptions, SlurmPlacement
+from zrl.config import RayOptions, RayPlacement, Resources, SlurmOptions, SlurmPlacement
 
-__all__ = ["JobState", "Resources", "Scheduler", "SlurmOptions", "SlurmPlacement", "WorkerJobStatus", "WorkerLaunch"]
+__all__ = ["JobState", "RayOptions", "RayPlacement", "Resources", "Scheduler", "SlurmOptions", "SlurmPlacement",
+           "WorkerJobStatus", "WorkerLaunch"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class WorkerLaunch:
     resources: Resources = field(default_factory=Resources)
     slurm: SlurmPlacement = field(default_factory=SlurmPlacement)
     """Where a Slurm cluster may place its group's job (the other schedulers ignore it)."""
+    ray: RayPlacement = field(default_factory=RayPlacement)
+    """Where a Ray cluster may place its group's workers (the other schedulers ignore it)."""
 
     @property
     def worker_id(self) -> str:

@@ -9,17 +9,16 @@ soon after even when its main loop hangs (its lifeline watches the parent pid). 
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from zrl.config import PARENT_PID_ENV
-from zrl.controller.schedulers.base import JobState, Scheduler, WorkerJobStatus, WorkerLaunch
+from zrl.controller.schedulers.base import Scheduler, WorkerJobStatus, WorkerLaunch
+from zrl.controller.schedulers.processes import die_with_parent, exit_status, signal_group
 
 
 def visible_gpus() -> list[str]:
@@ -58,7 +57,7 @@ class LocalScheduler(Scheduler):
             with open(launch.log_path, "ab") as log:
                 self._processes[launch.worker_id] = subprocess.Popen(
                     list(launch.argv), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                    start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid()))
             self._stopped.discard(launch.worker_id)
 
     def _devices_for(self, launch: WorkerLaunch) -> str:
@@ -75,28 +74,15 @@ class LocalScheduler(Scheduler):
         return {worker_id: proc.pid for worker_id, proc in self._processes.items()}
 
     def poll(self) -> dict[str, WorkerJobStatus]:
-        states = {}
-        for worker_id, proc in self._processes.items():
-            code = proc.poll()
-            if code is None:
-                states[worker_id] = WorkerJobStatus(JobState.RUNNING)
-            elif worker_id in self._stopped:
-                states[worker_id] = WorkerJobStatus(JobState.CANCELLED, code, "stopped by the controller")
-            elif code == 0:
-                states[worker_id] = WorkerJobStatus(JobState.COMPLETED, 0)
-            elif code < 0:
-                states[worker_id] = WorkerJobStatus(JobState.FAILED, code, f"killed by signal {-code} "
-                                                    f"({signal.Signals(-code).name})")
-            else:
-                states[worker_id] = WorkerJobStatus(JobState.FAILED, code, f"exited with code {code}")
-        return states
+        return {worker_id: exit_status(proc.poll(), worker_id in self._stopped)
+                for worker_id, proc in self._processes.items()}
 
     def stop(self, worker_ids: list[str] | None = None, timeout: float = 10.0) -> None:
         targets = {w: p for w, p in self._processes.items() if worker_ids is None or w in worker_ids}
         for worker_id, proc in targets.items():
             self._stopped.add(worker_id)
             if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in targets.values():
             try:
@@ -105,7 +91,7 @@ class LocalScheduler(Scheduler):
                 pass
         for proc in targets.values():
             # The group may hold helpers even after the worker itself exited.
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
 
     def dump_stacks(self, worker_ids: list[str]) -> None:
@@ -120,25 +106,3 @@ class LocalScheduler(Scheduler):
             gpus = f"  [{launch.resources.gpus} GPU]" if launch.resources.gpus else ""
             lines.append(f"{launch.worker_id}: {' '.join(launch.argv)}  > {launch.log_path}{gpus}")
         return "\n".join(lines)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In the child, before exec: ask Linux to send SIGTERM when the controller dies, even by SIGKILL.
-
-    A parent that died before the prctl would never send it, hence the check after it. The signal only asks the
-    worker to exit; its lifeline (`zrl.workers.lifeline`, told the pid by PARENT_PID_ENV) ends it if it hangs.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -11,19 +11,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from zrl.controller.schedulers.processes import write_private
+
+__all__ = ["SlurmError", "run", "sbatch", "write_private"]
+
 COMMAND_TIMEOUT_S = 60.0
 
 
 class SlurmError(RuntimeError):
     """A Slurm command is missing, failed or did not answer."""
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a job script readable by its owner only: it holds the workers' environment (URLs with passwords)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
 
 
 def sbatch(script_path: Path) -> str:
