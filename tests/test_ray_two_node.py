@@ -1,11 +1,13 @@
 """The TreePO experiment through `scheduler=ray` on a Ray cluster of two nodes: the head in this machine's network
 namespace, on the bridge of the two-node machinery (tests/two_node_cluster.py), and a node joined from the
 namespace of zrl-n1. The policy and the trainer run on different nodes; a SIGKILLed controller leaves no worker on
-either."""
+either; a lost node stops the run."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import tempfile
 import time
@@ -13,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ray_cluster import RAY, RayCluster, require_ray, start_args, start_head
+from ray_cluster import RAY, RayCluster, processes_mentioning, require_ray, start_args, start_head
+from test_controller_e2e import alive
 from test_treepo_e2e import RUN_TIMEOUT_S, SHORT, TreepoRun, check_completed_run
 from test_treepo_failover import wait_for_step
 from two_node_cluster import TwoNodeCluster, bridge_redis, two_node_cluster  # noqa: F401
@@ -98,6 +101,31 @@ def test_a_sigkilled_controller_leaves_nothing_on_either_node(
             time.sleep(0.2)
         assert run.worker_pids() == {}, run.log_tails()
         print(f"workers gone {time.monotonic() - killed_at:.1f} s after the kill")
+    finally:
+        if run.process.poll() is None:
+            run.process.kill()
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 180)
+def test_a_lost_ray_node_stops_the_run_naming_its_workers(
+        tmp_path: Path, two_node_cluster: TwoNodeCluster, ray_two_nodes: RayCluster, bridge_redis):  # noqa: F811
+    # Last in this module: it kills the joined node.
+    node = two_node_cluster.nodes[0]
+    run = ray_run(tmp_path, ray_two_nodes, bridge_redis, "total_steps=1000", "prompts_per_step=2", "tree.width=4",
+                  f"workers.policy.ray.labels=zrl-node={node}", "workers.trainer.ray.labels=zrl-node=head")
+    try:
+        wait_for_step(run, 1)
+        policy_pid = run.worker_pids()["policy/0"]
+        for pid in processes_mentioning([str(directory) for directory in ray_two_nodes.node_dirs]):
+            os.kill(pid, signal.SIGKILL)
+        lost_at = time.monotonic()
+        assert run.wait(timeout=120) == 1, run.output
+        stopped_s = time.monotonic() - lost_at
+        assert re.search(rf"error: worker policy/0 failed: (LOST: no answer for|its process ended \(NODE_FAIL).* "
+                         rf"on node {node}", run.output), run.output
+        assert stopped_s < 60, (stopped_s, run.output)
+        assert not alive(policy_pid)  # it died with its actor
+        assert run.summary()["sample_accounting"]["balanced"] is True
     finally:
         if run.process.poll() is None:
             run.process.kill()
