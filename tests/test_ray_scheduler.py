@@ -71,7 +71,10 @@ def test_states_exit_codes_logs_stop_and_relaunch(tmp_path: Path, ray_head: RayC
     from zrl.controller.schedulers.ray_cluster import RayScheduler
 
     scheduler = RayScheduler(RayOptions(address=ray_head.address, poll_interval_s=0), tmp_path / "run")
-    sleeper = "import os, time; print('value', os.environ['ZRL_TEST_VALUE'], flush=True); time.sleep(600)"
+    sleeper = ("import os, signal, time\n"
+               "signal.signal(signal.SIGUSR1, lambda *_: print('stacks asked for', flush=True))\n"
+               "print('value', os.environ['ZRL_TEST_VALUE'], flush=True)\n"
+               "time.sleep(600)")
     scheduler.submit([launch(tmp_path, "ok", "print('hello')"), launch(tmp_path, "bad", "raise SystemExit(3)"),
                       launch(tmp_path, "sleeper", sleeper)])
     try:
@@ -84,6 +87,11 @@ def test_states_exit_codes_logs_stop_and_relaunch(tmp_path: Path, ray_head: RayC
         while "value 42" not in (tmp_path / "logs" / "sleeper-0.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert (tmp_path / "logs" / "sleeper-0.log").read_text() == "value 42\n"
+        scheduler.dump_stacks(["sleeper/0"])
+        deadline = time.monotonic() + 30
+        while "stacks" not in (tmp_path / "logs" / "sleeper-0.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "logs" / "sleeper-0.log").read_text() == "value 42\nstacks asked for\n"
         scheduler.stop(["sleeper/0"], timeout=5)
         assert scheduler.poll()["sleeper/0"].state is JobState.CANCELLED
         assert not alive(pid)

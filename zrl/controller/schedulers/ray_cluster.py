@@ -206,6 +206,8 @@ class RayScheduler(Scheduler):
             worker = calls[ref]
             try:
                 worker.status = exit_status(ray.get(ref), worker.stopped)
+            except ray.exceptions.ActorUnavailableError:
+                pass  # its node does not answer now; Ray declares the actor dead once it declares the node dead
             except ray.exceptions.RayActorError as error:
                 worker.status = _actor_died_status(error, worker.stopped)
         # An actor that did not answer in time keeps its last state: Ray reports a lost node as the actor's death.
