@@ -13,6 +13,7 @@ when its node died, OUT_OF_MEMORY when Ray killed it for memory, FAILED otherwis
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -123,11 +124,11 @@ class RayScheduler(Scheduler):
             res = launch.resources
             options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "memory": res.memory_mb * 2**20,
                                        "max_restarts": 0, "max_concurrency": 1,
-                                       "name": f"zrl-{safe_name(self.run_dir.name)}-{step_name(launch)}"}
+                                       # Unique: an earlier actor of the same worker (a relaunch, a resumed
+                                       # trial) may still be on its way out.
+                                       "name": f"zrl-{safe_name(self.run_dir.name)}-{step_name(launch)}-"
+                                               f"{secrets.token_hex(3)}"}
             options.update(self._placement_options(launch, launches))
-            # A relaunched worker's earlier actor is gone or going; a fresh name avoids a clash with it.
-            if launch.worker_id in self._workers:
-                options["name"] += f"-{time.monotonic_ns()}"
             actor = host_class.options(**options).remote(str(launch_file))
             waiting = WorkerJobStatus(JobState.PENDING, detail=f"waiting for Ray to place its actor: num_cpus={res.cpus} "
                                       f"num_gpus={res.gpus} memory={res.memory_mb} MiB{_placement_text(launch.ray)}")
