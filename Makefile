@@ -28,6 +28,8 @@ bench: bench-streams bench-controller bench-paramdb bench-tree bench-sync bench-
 bench-streams: $(STAMP)
 	$(PY) benchmarks/streams.py $(ARGS)
 
+# Launch and stop: light workers against bare processes; the TreePO experiment on local, on Slurm (when a cluster
+# answers: scripts/slurm-dev-cluster.sh up, export SLURM_CONF) and on a local Ray cluster it starts; about 5 min.
 bench-controller: $(STAMP)
 	$(PY) benchmarks/controller.py
 
@@ -61,11 +63,11 @@ bench-learning: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
 	$(PY) benchmarks/learning.py report $(ARGS)
 
-# Trees or independent samples on the long task: every arm once on the validation split, about 25 min.
+# Trees or independent samples on the long task: every arm once on the validation split, about 45 min.
 bench-sampling-sweep: $(STAMP)
 	$(PY) benchmarks/sampling_ab.py sweep $(ARGS)
 
-# The best tree arm and the best independent arm of that sweep, 3 seeds each on the test split, about 30 min.
+# The best tree arm and the best independent arm of that sweep, 3 seeds each on the test split, about 45 min.
 bench-sampling: $(STAMP)
 	$(PY) benchmarks/sampling_ab.py report $(ARGS)
 
