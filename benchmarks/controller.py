@@ -38,10 +38,16 @@ def measure_zrl(workers: int, root: Path, rep: int) -> tuple[float, float]:
         experiment="bench", trial=f"n{workers}-r{rep}", run_root=str(root), progress_interval_s=0,
         workers={"light": WorkerGroupConfig(type="echo_server", count=workers, config=EchoServerConfig())}))
     validate(config)
+    return start_and_stop(config)
+
+
+def start_and_stop(config: ExperimentConfig) -> tuple[float, float]:
+    """Seconds from launch to all workers RUNNING, and from stop to all exited, on the config's scheduler."""
     paths = RunPaths.for_config(config)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.create()
     resolver = make_name_resolver(name_resolve_url(config, paths))
-    controller = Controller(config, make_scheduler("local", paths.root), resolver, out=io.StringIO())
+    controller = Controller(config, make_scheduler(config.scheduler, paths.root, config.slurm, config.ray), resolver,
+                            out=io.StringIO())
     try:
         controller.start()
         running = controller.timeline["running"]
@@ -79,18 +85,7 @@ def measure_treepo(scheduler: str, root: Path, rep: int, overrides: list[str]) -
     refusal = placement_refusal(config)
     if refusal is not None:
         raise SystemExit(refusal)
-    paths = RunPaths.for_config(config)
-    paths.create()
-    resolver = make_name_resolver(name_resolve_url(config, paths))
-    controller = Controller(config, make_scheduler(config.scheduler, paths.root, config.slurm, config.ray), resolver,
-                            out=io.StringIO())
-    try:
-        controller.start()
-        running = controller.timeline["running"]
-    finally:
-        controller.stop(0)
-        resolver.close()
-    return running, controller.timeline["stopped"]
+    return start_and_stop(config)
 
 
 def slurm_answers() -> bool:

@@ -43,6 +43,17 @@ class RayCluster:
         """Every file Ray wrote for this cluster (logs, session state, the GCS's storage)."""
         return [path for root in (self.temp_dir, *self.node_dirs) for path in root.rglob("*") if path.is_file()]
 
+    def files_holding(self, secrets: Sequence[bytes]) -> list[str]:
+        """Ray's files of this cluster that hold any of `secrets`."""
+        found = []
+        for path in self.session_files():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            found += [str(path) for secret in secrets if secret in data]
+        return found
+
     def stop(self) -> None:
         for pid in self.pids():
             try:

@@ -19,6 +19,7 @@ from ray_cluster import RAY, RayCluster, processes_mentioning, require_ray, star
 from test_controller_e2e import alive
 from test_treepo_e2e import RUN_TIMEOUT_S, SHORT, TreepoRun, check_completed_run
 from test_treepo_failover import wait_for_step
+from test_two_node_e2e import wait_until
 from two_node_cluster import TwoNodeCluster, bridge_redis, two_node_cluster  # noqa: F401
 
 from zrl.streams.control_key_file import control_key_path
@@ -54,18 +55,6 @@ def ray_run(tmp_path: Path, head: RayCluster, redis, *overrides: str) -> TreepoR
                      env={**os.environ, "ZRL_NAME_RESOLVE_PASSWORD": redis.password})
 
 
-def secrets_in(head: RayCluster, secrets: list[bytes]) -> list[str]:
-    """Ray's files (of either node) that hold any of `secrets`."""
-    found = []
-    for path in head.session_files():
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        found += [f"{path}" for secret in secrets if secret in data]
-    return found
-
-
 @pytest.mark.timeout(RUN_TIMEOUT_S + 240)
 def test_treepo_through_ray_with_policy_and_trainer_on_different_nodes(
         tmp_path: Path, two_node_cluster: TwoNodeCluster, ray_two_nodes: RayCluster, bridge_redis):  # noqa: F811
@@ -76,7 +65,7 @@ def test_treepo_through_ray_with_policy_and_trainer_on_different_nodes(
     nodes = {worker: summary["workers"][worker]["last"]["node"] for worker in ("policy/0", "evaluator/0", "trainer/0")}
     assert nodes == {"policy/0": node, "evaluator/0": node, "trainer/0": socket.gethostname()}
     key = control_key_path(run.run_dir)
-    assert secrets_in(ray_two_nodes, [bridge_redis.password.encode()]) == []
+    assert ray_two_nodes.files_holding([bridge_redis.password.encode()]) == []
     assert bridge_redis.password not in run.output
     assert not key.exists()  # the controller removes it at the end; its workers read it from the shared filesystem
 
@@ -92,14 +81,11 @@ def test_a_sigkilled_controller_leaves_nothing_on_either_node(
         wait_for_step(run, 1)
         assert len(run.worker_pids()) == 4
         key = control_key_path(run.run_dir).read_bytes().strip()
-        assert secrets_in(ray_two_nodes, [key]) == []
+        assert ray_two_nodes.files_holding([key]) == []
         run.process.kill()
         run.process.wait()
         killed_at = time.monotonic()
-        deadline = killed_at + LEASE_S + EXIT_GRACE_S + 20
-        while run.worker_pids() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert run.worker_pids() == {}, run.log_tails()
+        assert wait_until(lambda: not run.worker_pids(), LEASE_S + EXIT_GRACE_S + 20), run.log_tails()
         print(f"workers gone {time.monotonic() - killed_at:.1f} s after the kill")
     finally:
         if run.process.poll() is None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from zrl.config import Resources, SlurmOptions
 from zrl.controller.plan import make_private_dir
+from zrl.controller.schedulers.processes import write_private
 from zrl.controller.schedulers.sbatch import job_name, render_controller_script
-from zrl.controller.schedulers.slurm_commands import SlurmError, run, sbatch, write_private
+from zrl.controller.schedulers.slurm_commands import SlurmError, run, sbatch
 from zrl.hosts import is_loopback
 
 __all__ = ["SlurmError", "check_worker_host", "loopback_refusal", "partition_nodes", "submit_controller"]

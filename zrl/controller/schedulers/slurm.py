@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zrl.controller.schedulers.base import JobState, Scheduler, SlurmOptions, WorkerJobStatus, WorkerLaunch
+from zrl.controller.schedulers.processes import write_private
 from zrl.controller.schedulers.sbatch import (
     exit_file,
     job_name,
@@ -24,7 +25,7 @@ from zrl.controller.schedulers.sbatch import (
     validate_launches,
     validate_options,
 )
-from zrl.controller.schedulers.slurm_commands import SlurmError, run, sbatch, write_private
+from zrl.controller.schedulers.slurm_commands import SlurmError, run, sbatch
 from zrl.redact import redact_text
 
 log = logging.getLogger(__name__)

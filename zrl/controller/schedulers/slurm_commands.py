@@ -1,4 +1,4 @@
-"""The Slurm client commands the slurm scheduler and `--submit` share: run one, submit a script, write a script.
+"""The Slurm client commands the slurm scheduler and `--submit` share: run one, submit a script.
 
 Every command runs with a timeout and turns a missing tool, a hang or a failure into a `SlurmError` that says
 what to do about it.
@@ -10,10 +10,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-
-from zrl.controller.schedulers.processes import write_private
-
-__all__ = ["SlurmError", "run", "sbatch", "write_private"]
 
 COMMAND_TIMEOUT_S = 60.0
 
