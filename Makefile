@@ -58,7 +58,7 @@ bench-learning-sweep: $(STAMP)
 	$(PY) benchmarks/learning.py sweep $(ARGS)
 
 # zrl against TRL's GRPOTrainer (in its own venv) on the test split, 3 seeds each at the chosen rates, about 10 min
-# of training a side (zrl: `make run`, 2000 steps), about 65 min.
+# of training a side (zrl: `make run`, 2000 steps), about 60 min.
 bench-learning: $(STAMP)
 	bash scripts/setup-peer-env.sh .venv-peer
 	$(PY) benchmarks/learning.py report $(ARGS)
